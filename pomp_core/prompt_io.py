@@ -1,0 +1,82 @@
+"""Prompt files: this project's format (with metadata) and the POMP release's ``.pth.tar``."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+
+from .prompt import POSITIONS, PromptLearner
+
+FORMAT = "pomp-prompt"
+FORMAT_VERSION = 1
+
+
+def save_prompt(prompt: PromptLearner, path: str | os.PathLike, **extra: Any) -> Path:
+    """Write ``prompt`` with its metadata; ``extra`` (epoch, dataset, …) is stored alongside.
+
+    The file is written to a temporary name and renamed, so a crash never leaves a
+    half-written prompt where a good one was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "model_name": prompt.model_name,
+        "width": prompt.width,
+        "n_ctx": prompt.n_ctx,
+        "position": prompt.position,
+        "class_specific": prompt.class_specific,
+        "n_classes": prompt.n_classes,
+        "init_words": prompt.init_words,
+    }
+    payload = {"format": FORMAT, "version": FORMAT_VERSION, "meta": meta,
+               "state_dict": {"ctx": prompt.ctx.detach().cpu()}, "extra": extra}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _read(path: Path, trusted: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path} holds objects that a safe load refuses ({err.__class__.__name__}); "
+            "if you trust the file, load it with trusted=True") from err
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable torch file (truncated or corrupt?): {err}") from err
+
+
+def load_prompt(path: str | os.PathLike, trusted: bool = False,
+                position: Optional[str] = None) -> PromptLearner:
+    """Load a prompt written by :func:`save_prompt` or by the POMP release.
+
+    The release stores ``{"state_dict": {"ctx": [M, 512], "token_prefix": …,
+    "token_suffix": …}, "epoch": …}``; its token buffers belong to a fixed class list and
+    are ignored. Release prompts put the class token at the end unless ``position`` says
+    otherwise. ``trusted=True`` allows files that need full unpickling.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file '{path}' does not exist")
+    data = _read(path, trusted)
+    state = data.get("state_dict") if isinstance(data, dict) else None
+    ctx = state.get("ctx") if isinstance(state, dict) else None
+    if not isinstance(ctx, torch.Tensor) or ctx.dim() not in (2, 3):
+        raise ValueError(
+            f"{path} is not a prompt file: expected a dict with state_dict['ctx'] of shape "
+            "[M, width] or [C, M, width] (this project's prompts and the POMP release's .pth.tar)")
+    meta: Dict[str, Any] = data.get("meta", {}) if data.get("format") == FORMAT else {}
+    class_specific = ctx.dim() == 3
+    position = position or meta.get("position", "end")
+    if position not in POSITIONS:
+        raise ValueError(f"position must be one of {POSITIONS}, got '{position}'")
+    prompt = PromptLearner(
+        n_ctx=ctx.shape[-2], width=ctx.shape[-1], position=position,
+        class_specific=class_specific, n_classes=ctx.shape[0] if class_specific else None,
+        model_name=meta.get("model_name"), ctx=ctx)
+    prompt.init_words = meta.get("init_words")
+    return prompt

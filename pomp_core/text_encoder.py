@@ -1,0 +1,196 @@
+"""Text features of (soft prompt, class names) through a frozen open_clip text tower.
+
+Layout (POMP notes section 2), class token at the end::
+
+    [SOS] ctx_1 .. ctx_M <name tokens> "." [EOS] pad ...
+
+The token ids are those of ``"X X .. X {name}."`` (placeholders where the context goes);
+the placeholder embeddings are replaced by the learned vectors. The feature is
+``ln_final(x)[EOT] @ text_projection``. Because the text transformer is causal, the
+positions after a row's EOT never reach its EOT feature, so every batch is cut right
+after its longest EOT: exact, and most prompts are 10-30 of 77 tokens.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .prompt import PromptLearner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TextTower:
+    """The pieces of an open_clip text tower that prompted encoding needs."""
+
+    token_embedding: nn.Embedding
+    positional_embedding: torch.Tensor
+    transformer: nn.Module
+    ln_final: nn.Module
+    text_projection: Optional[torch.Tensor | nn.Module]
+    attn_mask: Optional[torch.Tensor]
+    pool_type: str
+    eos_id: Optional[int]
+    context_length: int
+
+    @property
+    def width(self) -> int:
+        return self.token_embedding.weight.shape[1]
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        if self.text_projection is None:
+            return x
+        if isinstance(self.text_projection, nn.Module):
+            return self.text_projection(x)
+        return x @ self.text_projection
+
+
+def text_tower(model: nn.Module) -> TextTower:
+    """The text tower of an open_clip ``CLIP`` or ``CustomTextCLIP`` with a CLIP-style transformer."""
+    tower = model.text if hasattr(model, "text") else model
+    if not hasattr(tower, "token_embedding") or not hasattr(tower, "positional_embedding"):
+        raise TypeError(
+            f"{type(tower).__name__} is not a CLIP-style text transformer (Hugging Face text "
+            "towers have no token-embedding prompt slot); use an OpenAI-style open_clip model.")
+    if getattr(tower, "cls_emb", None) is not None:
+        raise TypeError("text towers with a CLS embedding (CoCa) are not supported")
+    pool_type = getattr(tower, "pool_type", None) or getattr(model, "text_pool_type", "argmax")
+    if pool_type not in ("argmax", "eos"):
+        raise TypeError(f"text pool type '{pool_type}' has no EOT feature; need 'argmax' or 'eos'")
+    return TextTower(
+        token_embedding=tower.token_embedding,
+        positional_embedding=tower.positional_embedding,
+        transformer=tower.transformer,
+        ln_final=tower.ln_final,
+        text_projection=tower.text_projection,
+        attn_mask=tower.attn_mask,
+        pool_type=pool_type,
+        eos_id=getattr(tower, "eos_id", None) or getattr(model, "text_eos_id", None),
+        context_length=tower.positional_embedding.shape[0],
+    )
+
+
+class PromptedTextEncoder:
+    """Turns (prompt, class names) into text features with a frozen CLIP text tower.
+
+    ``truncate_names``: a name whose tokens do not fit the context (77 minus the prompt
+    and 3 special tokens) raises a ValueError by default; with True it is cut to fit
+    and a warning names it.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Callable, truncate_names: bool = False) -> None:
+        for attr in ("encode", "sot_token_id", "eot_token_id"):
+            if not hasattr(tokenizer, attr):
+                raise TypeError(f"{type(tokenizer).__name__} is not an open_clip SimpleTokenizer "
+                                f"(no '{attr}'); pass open_clip.get_tokenizer(model_name)")
+        self.tower = text_tower(model)
+        self.tokenizer = tokenizer
+        self.truncate_names = truncate_names
+        self._name_ids: Dict[str, List[int]] = {}
+        (self.placeholder_id,) = tokenizer.encode("X")
+        self.dot_ids = tokenizer.encode(".")
+
+    @property
+    def causal(self) -> bool:
+        return self.tower.attn_mask is not None
+
+    def name_tokens(self, name: str) -> List[int]:
+        ids = self._name_ids.get(name)
+        if ids is None:
+            ids = self._name_ids[name] = self.tokenizer.encode(name.replace("_", " "))
+        return ids
+
+    def max_name_tokens(self, n_ctx: int) -> int:
+        return self.tower.context_length - n_ctx - len(self.dot_ids) - 2
+
+    def token_ids(self, names: Sequence[str], n_ctx: int, position: str) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Token ids [N, context_length] and the context-slot mask of the prompted names."""
+        limit = self.max_name_tokens(n_ctx)
+        if limit < 1:
+            raise ValueError(f"a prompt of {n_ctx} vectors leaves no room for a class name "
+                             f"in a context of {self.tower.context_length} tokens")
+        ids = torch.zeros(len(names), self.tower.context_length, dtype=torch.long)
+        is_ctx = torch.zeros(len(names), self.tower.context_length, dtype=torch.bool)
+        half = n_ctx // 2
+        too_long = []
+        for row, name in enumerate(names):
+            name_ids = self.name_tokens(name)
+            if len(name_ids) > limit:
+                if not self.truncate_names:
+                    raise ValueError(
+                        f"class name '{name}' is {len(name_ids)} tokens; with {n_ctx} context vectors "
+                        f"at most {limit} fit in the {self.tower.context_length}-token context. "
+                        "Shorten the name, or pass truncate_names=True to cut it to fit.")
+                too_long.append(name)
+                name_ids = name_ids[:limit]
+            ctx = [self.placeholder_id] * n_ctx
+            if position == "end":
+                body, mask = ctx + name_ids, [1] * n_ctx + [0] * len(name_ids)
+            elif position == "front":
+                body, mask = name_ids + ctx, [0] * len(name_ids) + [1] * n_ctx
+            else:  # middle
+                body = ctx[:half] + name_ids + ctx[half:]
+                mask = [1] * half + [0] * len(name_ids) + [1] * (n_ctx - half)
+            seq = [self.tokenizer.sot_token_id] + body + self.dot_ids + [self.tokenizer.eot_token_id]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            is_ctx[row, 1 : 1 + len(mask)] = torch.tensor(mask, dtype=torch.bool)
+        if too_long:
+            logger.warning("cut %d class names to %d tokens to fit the context: %s",
+                           len(too_long), limit, too_long[:10])
+        return ids, is_ctx
+
+    def eot_index(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.tower.pool_type == "eos":
+            return (ids == self.tower.eos_id).int().argmax(dim=-1)
+        return ids.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
+
+    def __call__(
+        self,
+        prompt: PromptLearner,
+        names: Sequence[str],
+        class_ids: Optional[torch.Tensor] = None,
+        truncate: bool = True,
+    ) -> torch.Tensor:
+        """Unnormalised text features [N, D] of ``names`` with ``prompt``.
+
+        ``class_ids`` selects the context rows of a class-specific prompt (default: row i
+        for name i). ``truncate=False`` runs all context positions (the plain computation).
+        """
+        tower = self.tower
+        if prompt.width != tower.width:
+            raise ValueError(
+                f"prompt width {prompt.width} does not match the text tower width {tower.width}: "
+                "the prompt was trained for another CLIP model; load the model it was made for "
+                f"({prompt.model_name or 'see the prompt file metadata'}).")
+        device = tower.token_embedding.weight.device
+        ids, is_ctx = self.token_ids(names, prompt.n_ctx, prompt.position)
+        ids, is_ctx = ids.to(device), is_ctx.to(device)
+        eot = self.eot_index(ids)
+        if truncate and self.causal:
+            length = int(eot.max()) + 1
+            ids, is_ctx = ids[:, :length], is_ctx[:, :length]
+        length = ids.shape[1]
+
+        cast_dtype = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") \
+            else tower.token_embedding.weight.dtype
+        if prompt.class_specific and class_ids is None:
+            class_ids = torch.arange(len(names))
+        ctx = prompt.context_for(None if class_ids is None else class_ids.to(prompt.ctx.device), len(names))
+        ctx = ctx.to(device=device, dtype=cast_dtype)
+        # Context slot k of each row takes ctx[k]: gather the vectors into place, then
+        # keep the frozen token embeddings everywhere else.
+        slot = (is_ctx.cumsum(dim=1) - 1).clamp(min=0)
+        ctx_full = torch.gather(ctx, 1, slot.unsqueeze(-1).expand(-1, -1, ctx.shape[-1]))
+        x = torch.where(is_ctx.unsqueeze(-1), ctx_full, tower.token_embedding(ids).to(cast_dtype))
+
+        x = x + tower.positional_embedding[:length].to(cast_dtype)
+        mask = None if tower.attn_mask is None else tower.attn_mask[:length, :length]
+        x = tower.transformer(x, attn_mask=mask)
+        x = tower.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=device), eot]
+        return tower.project(x)

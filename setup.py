@@ -1,0 +1,26 @@
+"""pomp: POMP prompt pre-training and open-vocabulary recognition on CLIP."""
+from setuptools import find_packages, setup
+
+# Exact versions of the tested stack live in requirements/constraints.txt; these are
+# the ranges the code needs. detectron2 is not on PyPI under its own name: the usual
+# install is from its git repository (tools/setup_env.sh builds it from an sdist).
+CORE = ["torch>=2.0", "torchvision", "open_clip_torch>=2.20", "numpy", "tqdm"]
+EXTRAS = {
+    "det": ["detectron2 @ git+https://github.com/facebookresearch/detectron2.git",
+            "lvis", "pycocotools"],
+    "seg": ["mmcv>=2.0.0,<2.2.0", "mmengine>=0.10", "mmsegmentation>=1.2", "mmdet>=3.0"],
+    "train": ["tensorboard", "matplotlib"],
+    "test": ["pytest"],
+}
+EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
+
+setup(
+    name="pomp",
+    version="0.1.0",
+    description="Prompt pre-training with twenty-thousand classes for open-vocabulary recognition",
+    packages=find_packages(include=["pomp_core*", "pomp_det*", "pomp_seg*"]),
+    package_data={"pomp_core": ["model_configs/*.json"]},
+    python_requires=">=3.9",
+    install_requires=CORE,
+    extras_require=EXTRAS,
+)
