@@ -7,12 +7,12 @@ weights use tools/export_embeddings.py (same library calls).
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import torch
 
 import pomp_core
+from pomp_core.log import setup_logging
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,5 +46,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    setup_logging()
     main()

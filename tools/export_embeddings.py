@@ -17,6 +17,7 @@ from typing import List, Optional
 import torch
 
 import pomp_core
+from pomp_core.log import setup_logging
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -56,5 +57,5 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    setup_logging()
     main()

@@ -23,12 +23,19 @@ log() { printf '[setup_env] %s\n' "$*" >&2; }
 pin() { sed -n "s/^$1==//p" "$pins"; }
 
 want_stamp="$(cat "$pins" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
-check_stack() {
+check_stack() {  # full imports: run once after installing
   "$venv/bin/python" - <<'EOF' 2>/dev/null
 import detectron2, detectron2.modeling, lvis, mmcv.ops, mmdet, mmengine, mmseg.models, open_clip, pomp_core, torch
 EOF
 }
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$want_stamp" ]] && check_stack; then
+stack_present() {  # cheap: every top-level package is findable, without importing it
+  "$venv/bin/python" - <<'EOF' 2>/dev/null
+import importlib.util, sys
+mods = ["detectron2", "lvis", "mmcv", "mmdet", "mmengine", "mmseg", "open_clip", "pomp_core", "torch"]
+sys.exit(any(importlib.util.find_spec(m) is None for m in mods))
+EOF
+}
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want_stamp" ]] && stack_present; then
   log "environment at $venv is up to date"
   exit 0
 fi
@@ -44,7 +51,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check)
 # Everything with a wheel, exactly as pinned (the pins file doubles as the constraints).
 log "installing the pinned stack"
 grep -vE '^(#|$|mmcv==|pb1-detectron2==)' "$pins" > "$cache/.stack-reqs.txt"
-"${pip[@]}" install -q -r "$cache/.stack-reqs.txt" -c "$cache/.stack-reqs.txt"
+"${pip[@]}" install -q -r "$cache/.stack-reqs.txt" -c "$cache/.stack-reqs.txt" 2>&1 | { grep -v 'is ignored: it is neither' || true; } >&2
 
 # Download an sdist straight from the package index: `pip download` would try to
 # build its metadata, which needs the very patches applied below.

@@ -1,0 +1,234 @@
+"""ImageNet-21K-style data: a folder per class, class names, few-shot index, multi-view views."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, DistributedSampler
+from torchvision import transforms as T
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+WNID = re.compile(r"^n\d{8}$")
+
+
+def list_class_folders(root: str | os.PathLike) -> List[str]:
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"image root '{root}' does not exist: expected one folder per class "
+            "(e.g. ImageNet-21K's n01440764/…jpg), each holding that class's images")
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise ValueError(f"image root '{root}' has no class folders")
+    return folders
+
+
+def read_class_names(
+    folders: Sequence[str],
+    names_file: Optional[str | os.PathLike] = None,
+    miil_tree: Optional[str | os.PathLike] = None,
+    wordnet: bool = False,
+) -> List[str]:
+    """One name per class folder, from exactly one source.
+
+    * ``names_file``: lines ``<folder> <name>`` (CoOp's ``classnames.txt`` layout), or one
+      name per line in sorted-folder order when the lines carry no folder ids;
+    * ``miil_tree``: MIIL's ``imagenet21k_miil_tree.pth`` (``class_description`` per wnid);
+    * ``wordnet``: the first lemma of each wnid's synset (needs nltk's wordnet data);
+    * none: the folder names themselves (underscores read as spaces).
+    """
+    if sum(map(bool, (names_file, miil_tree, wordnet))) > 1:
+        raise ValueError("give at most one of names_file, miil_tree and wordnet")
+    if names_file:
+        path = Path(names_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"class names file '{path}' does not exist")
+        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        pairs = [ln.split(maxsplit=1) for ln in lines]
+        if all(len(p) == 2 and p[0] in set(folders) for p in pairs):
+            mapping = {k: v for k, v in pairs}
+        elif len(lines) == len(folders):
+            mapping = dict(zip(folders, lines))
+        else:
+            raise ValueError(
+                f"{path} has {len(lines)} lines for {len(folders)} class folders: write one "
+                "'<folder> <name>' line per folder, or exactly one name per folder in sorted order")
+    elif miil_tree:
+        tree = torch.load(miil_tree, map_location="cpu", weights_only=False)
+        if not isinstance(tree, dict) or "class_description" not in tree:
+            raise ValueError(f"{miil_tree} is not MIIL's imagenet21k tree (no 'class_description')")
+        mapping = dict(tree["class_description"])
+    elif wordnet:
+        from nltk.corpus import wordnet as wn  # optional dependency
+
+        mapping = {f: wn.synset_from_pos_and_offset("n", int(f[1:])).lemma_names()[0]
+                   for f in folders if WNID.match(f)}
+    else:
+        mapping = {f: f for f in folders}
+    missing = [f for f in folders if f not in mapping]
+    if missing:
+        raise ValueError(f"no class name for {len(missing)} folders, e.g. {missing[:5]}: "
+                         "the names source does not cover the image folders")
+    return [mapping[f].replace("_", " ").strip() for f in folders]
+
+
+@dataclass
+class SplitIndex:
+    """Relative image paths and labels of a few-shot train split and a held-out val split."""
+
+    root: str
+    classes: List[str]
+    train: List[Tuple[str, int]]
+    val: List[Tuple[str, int]]
+
+
+def build_split_index(
+    root: str | os.PathLike,
+    shots: int = 16,
+    val_per_class: int = 0,
+    seed: int = 42,
+    cache_dir: Optional[str | os.PathLike] = None,
+) -> SplitIndex:
+    """Pick ``shots`` training images per class (all of them for smaller classes) and
+    ``val_per_class`` held-out ones, seeded.
+
+    Scanning millions of files takes long, so the result is cached as a small json
+    (keyed by root, shots, val_per_class and seed) and reused on restart.
+    """
+    root = Path(root).resolve()
+    key = hashlib.sha1(f"{root}|{shots}|{val_per_class}|{seed}".encode()).hexdigest()[:12]
+    cache = Path(cache_dir or root) / f".pomp_index_{key}.json"
+    if cache.is_file():
+        data = json.loads(cache.read_text())
+        return SplitIndex(str(root), data["classes"], [tuple(x) for x in data["train"]],
+                          [tuple(x) for x in data["val"]])
+    folders = list_class_folders(root)
+    rng = random.Random(seed)
+    train, val, empty = [], [], []
+    for label, folder in enumerate(folders):
+        files = sorted(f.name for f in (root / folder).iterdir()
+                       if f.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            empty.append(folder)
+            continue
+        rng.shuffle(files)
+        held = files[:val_per_class] if len(files) > val_per_class else []
+        rest = files[len(held):]
+        train += [(f"{folder}/{f}", label) for f in rest[:shots]]
+        val += [(f"{folder}/{f}", label) for f in held]
+    if empty:
+        raise ValueError(f"{len(empty)} class folders hold no images, e.g. {empty[:5]}: "
+                         "remove them or add images before training")
+    index = SplitIndex(str(root), folders, train, val)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.name + ".tmp")
+        tmp.write_text(json.dumps({"classes": folders, "train": train, "val": val}))
+        os.replace(tmp, cache)
+    except OSError as err:  # a read-only dataset root still trains, just rescans
+        logger.warning("could not cache the split index at %s: %s", cache, err)
+    return index
+
+
+def train_transform(size: int = 224) -> Callable:
+    """The recipe's augmentation: random-resized-crop 0.08-1, flip, RandAugment 2 ops at p=0.6."""
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+        T.RandomHorizontalFlip(),
+        T.RandomApply([T.RandAugment(num_ops=2)], p=0.6),
+        T.ToTensor(),
+        T.Normalize(CLIP_MEAN, CLIP_STD),
+    ])
+
+
+def eval_transform(size: int = 224) -> Callable:
+    """Resize the short side (bicubic), center crop, CLIP normalisation."""
+    return T.Compose([
+        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
+        T.CenterCrop(size),
+        T.ToTensor(),
+        T.Normalize(CLIP_MEAN, CLIP_STD),
+    ])
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A seed for one sample of one epoch, whatever process or worker draws it."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
+
+
+class ImageListDataset(Dataset):
+    """Images of an index split, each as ``views`` augmented copies [V, 3, H, W].
+
+    The augmentation of sample i in epoch e is seeded by (seed, e, i), so it does not
+    depend on worker count, process count or where a resumed run restarted.
+    An unreadable or corrupt image yields None (counted by :func:`collate_skipping`)
+    instead of killing a long run.
+    """
+
+    def __init__(self, root: str | os.PathLike, items: Sequence[Tuple[str, int]],
+                 transform: Callable, views: int = 1, seed: int = 0) -> None:
+        self.root, self.items, self.transform, self.views = Path(root), list(items), transform, views
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Optional[Tuple[torch.Tensor, int, int]]:
+        rel, label = self.items[i]
+        try:
+            with Image.open(self.root / rel) as im:
+                image = im.convert("RGB")
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+            logger.debug("skipping unreadable image %s: %s", rel, err)
+            return None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, self.epoch, i))
+            views = torch.stack([self.transform(image) for _ in range(self.views)])
+        return views, label, i
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """DistributedSampler (also with one replica) that can start mid-epoch on resume."""
+
+    def __init__(self, dataset: Dataset, **kwargs) -> None:
+        super().__init__(dataset, **kwargs)
+        self.start = 0
+
+    def set_start(self, start: int) -> None:
+        """Skip the first ``start`` samples of this rank's order for the current epoch."""
+        self.start = start
+
+    def __iter__(self):
+        indices = list(super().__iter__())[self.start:]
+        self.start = 0  # only the resumed epoch starts late
+        return iter(indices)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+def collate_skipping(batch: List[Optional[Tuple[torch.Tensor, int, int]]]) -> Dict[str, torch.Tensor]:
+    """Stack the readable samples; ``skipped`` counts the unreadable ones."""
+    good = [b for b in batch if b is not None]
+    out: Dict[str, torch.Tensor] = {"skipped": torch.tensor(len(batch) - len(good))}
+    if good:
+        out["images"] = torch.stack([b[0] for b in good])
+        out["labels"] = torch.tensor([b[1] for b in good])
+        out["index"] = torch.tensor([b[2] for b in good])
+    return out

@@ -1,0 +1,88 @@
+"""Frozen image features of a fixed number of augmented views per image, computed once.
+
+The image tower is frozen, so its features for a given augmented view never change. With
+the cache, each image's ``cache_views`` views are encoded once (memory-mapped ``.npy`` on
+disk, float16) and every epoch draws ``views`` of them; training then runs only the text
+tower. The trade: augmentation diversity is capped at ``cache_views`` views per image
+instead of fresh views every epoch, for disk space of ``images x cache_views x D x 2`` bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .data import ImageListDataset, collate_skipping, sample_seed
+
+logger = logging.getLogger(__name__)
+
+
+def build_feature_cache(trainer, images: ImageListDataset, folder: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """Features [n, cache_views, D] and a readable-image mask [n]; rank 0 computes, others wait."""
+    cfg = trainer.cfg
+    key = hashlib.sha1(json.dumps([cfg.model.name, cfg.model.pretrained, images.root.as_posix(), images.items,
+                                   cfg.train.cache_views, cfg.data.image_size, cfg.data.augment,
+                                   cfg.train.seed]).encode()).hexdigest()[:16]
+    path, valid_path = folder / f"{key}.npy", folder / f"{key}.valid.npy"
+    if trainer.is_main and not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        one_view = ImageListDataset(images.root, images.items, images.transform, views=1, seed=images.seed)
+        tmp = path.with_name(path.name + ".tmp.npy")
+        feats = None  # allocated once the first batch tells the feature width
+        valid = np.zeros(len(images), dtype=bool)
+        bar = tqdm(total=len(images) * cfg.train.cache_views, desc="feature cache", unit="view")
+        for view in range(cfg.train.cache_views):
+            one_view.set_epoch(view)
+            loader = DataLoader(one_view, batch_size=64, num_workers=cfg.data.workers, collate_fn=collate_skipping)
+            for batch in loader:
+                if "images" in batch:
+                    out = trainer.image_features(batch).cpu().numpy().astype(np.float16)
+                    if feats is None:
+                        feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
+                                                          shape=(len(images), cfg.train.cache_views, out.shape[1]))
+                    feats[batch["index"].numpy(), view] = out
+                    valid[batch["index"].numpy()] = True
+                bar.update(len(batch.get("index", [])) + int(batch["skipped"]))
+        bar.close()
+        if feats is None:
+            raise RuntimeError(f"no readable image among the {len(images)} training images")
+        feats.flush()
+        del feats
+        np.save(valid_path, valid)
+        os.replace(tmp, path)  # only a complete cache gets the final name
+        logger.info("feature cache: %s (%d images x %d views)", path, len(images), cfg.train.cache_views)
+    trainer._barrier()
+    return np.load(path, mmap_mode="r"), np.load(valid_path)
+
+
+class FeatureCacheDataset(Dataset):
+    """Cached features of ``views`` of the cached views per image, drawn per (seed, epoch, i)."""
+
+    def __init__(self, cache: Tuple[np.ndarray, np.ndarray], items: Sequence[Tuple[str, int]],
+                 views: int, seed: int) -> None:
+        self.features, self.valid = cache
+        if views > self.features.shape[1]:
+            raise ValueError(f"data.views={views} is more than the {self.features.shape[1]} cached views "
+                             "(train.cache_views)")
+        self.items, self.views, self.seed, self.epoch = list(items), views, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Optional[Tuple[torch.Tensor, int, int]]:
+        if not self.valid[i]:
+            return None
+        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, i))
+        pick = torch.randperm(self.features.shape[1], generator=g)[: self.views].sort().values.numpy()
+        return torch.from_numpy(np.asarray(self.features[i, pick], dtype=np.float32)), self.items[i][1], i

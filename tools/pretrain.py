@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Pre-train a POMP prompt (local contrast + local correction).
+
+    python tools/pretrain.py --config configs/pomp/vit_b16_ctx4_k1000_5ep.yaml data.root=/data/imagenet21k_resized/imagenet21k_train
+    torchrun --nproc_per_node 8 tools/pretrain.py --config ... [KEY=VALUE ...]
+    torchrun --nnodes 2 --node_rank 0 --master_addr HOST --nproc_per_node 8 tools/pretrain.py --config ...
+
+Overrides are dotted config keys (see pomp_core/pretrain/config.py), e.g. sampling.k=256
+train.precision=bf16. --resume continues from <train.output_dir>/checkpoint.pth (--checkpoint PATH for another).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from typing import List, Optional
+
+from pomp_core.log import setup_logging
+from pomp_core.pretrain.config import load_config
+from pomp_core.pretrain.trainer import Pretrainer
+
+
+def main(argv: Optional[List[str]] = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config (configs/pomp/*.yaml)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <train.output_dir>/checkpoint.pth (or --checkpoint)")
+    p.add_argument("--checkpoint", help="checkpoint to resume from (implies --resume)")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides")
+    args = p.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    setup_logging(rank)
+    cfg = load_config(args.config, args.overrides)
+    trainer = Pretrainer(cfg)
+    trainer.setup()
+    if rank == 0:
+        (trainer.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        logging.info("%d classes, %d training images, %d process(es), %d steps/epoch, K=%d",
+                     trainer.num_classes, len(trainer.index.train), trainer.world,
+                     trainer.steps_per_epoch, cfg.sampling.k)
+    if args.resume or args.checkpoint:
+        trainer.resume(args.checkpoint)
+    return str(trainer.fit())
+
+
+if __name__ == "__main__":
+    main()
