@@ -170,27 +170,40 @@ class PromptedTextEncoder:
         device = tower.token_embedding.weight.device
         ids, is_ctx = self.token_ids(names, prompt.n_ctx, prompt.position)
         ids, is_ctx = ids.to(device), is_ctx.to(device)
-        eot = self.eot_index(ids)
-        if truncate and self.causal:
-            length = int(eot.max()) + 1
-            ids, is_ctx = ids[:, :length], is_ctx[:, :length]
-        length = ids.shape[1]
-
-        cast_dtype = tower.transformer.get_cast_dtype() if hasattr(tower.transformer, "get_cast_dtype") \
-            else tower.token_embedding.weight.dtype
         if prompt.class_specific and class_ids is None:
             class_ids = torch.arange(len(names))
         ctx = prompt.context_for(None if class_ids is None else class_ids.to(prompt.ctx.device), len(names))
-        ctx = ctx.to(device=device, dtype=cast_dtype)
+        ctx = ctx.to(device=device, dtype=self.cast_dtype)
         # Context slot k of each row takes ctx[k]: gather the vectors into place, then
         # keep the frozen token embeddings everywhere else.
         slot = (is_ctx.cumsum(dim=1) - 1).clamp(min=0)
         ctx_full = torch.gather(ctx, 1, slot.unsqueeze(-1).expand(-1, -1, ctx.shape[-1]))
-        x = torch.where(is_ctx.unsqueeze(-1), ctx_full, tower.token_embedding(ids).to(cast_dtype))
+        x = torch.where(is_ctx.unsqueeze(-1), ctx_full, tower.token_embedding(ids).to(self.cast_dtype))
+        return self.forward_embeddings(x, ids, truncate)
 
-        x = x + tower.positional_embedding[:length].to(cast_dtype)
+    @property
+    def cast_dtype(self) -> torch.dtype:
+        transformer = self.tower.transformer
+        if hasattr(transformer, "get_cast_dtype"):
+            return transformer.get_cast_dtype()
+        return self.tower.token_embedding.weight.dtype
+
+    def encode_ids(self, ids: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+        """Features of plain token ids (``tokenizer(texts)``), equal to ``model.encode_text``
+        but cut after the batch's longest EOT."""
+        ids = ids.to(self.tower.token_embedding.weight.device)
+        return self.forward_embeddings(self.tower.token_embedding(ids).to(self.cast_dtype), ids, truncate)
+
+    def forward_embeddings(self, x: torch.Tensor, ids: torch.Tensor, truncate: bool = True) -> torch.Tensor:
+        """Token embeddings [N, L, W] -> text features [N, D]; ``ids`` locate the EOT."""
+        tower = self.tower
+        eot = self.eot_index(ids)
+        if truncate and self.causal:
+            x = x[:, : int(eot.max()) + 1]
+        length = x.shape[1]
+        x = x + tower.positional_embedding[:length].to(x.dtype)
         mask = None if tower.attn_mask is None else tower.attn_mask[:length, :length]
         x = tower.transformer(x, attn_mask=mask)
         x = tower.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=device), eot]
+        x = x[torch.arange(x.shape[0], device=x.device), eot]
         return tower.project(x)

@@ -262,3 +262,34 @@ def test_two_processes_match_one_with_the_same_global_batch(world, tmp_path):
     two = pomp_core.load_prompt(tmp_path / "two" / "prompt.pth")
     torch.testing.assert_close(two.ctx, one.ctx, atol=1e-5, rtol=1e-4)
     assert (one.ctx - pomp_core.PromptLearner(4, 64).ctx).abs().max() > 1e-3
+
+
+def test_validation_tensorboard_bf16_and_checkpointing(world, tmp_path):
+    root, names = world
+    out = tmp_path / "val"
+    run_tool(overrides(root, names, out, **{"data.shots": 3, "data.val_per_class": 2, "optim.epochs": 2,
+                                            "train.tensorboard": "true", "train.precision": "bf16",
+                                            "model.grad_checkpointing": "true"}))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [r["val_top1"] for r in rows if "val_top1" in r]
+    assert len(val) == 2 and all(0.0 <= v <= 1.0 for v in val)
+    assert all(math.isfinite(r["loss"]) for r in rows if "loss" in r)
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    tower = pomp_core.text_tower(model).transformer
+    grads = []
+    for ckpt in (False, True):
+        tower.grad_checkpointing = ckpt
+        prompt = pomp_core.PromptLearner(4, 64, ctx=torch.ones(4, 64) * 0.01)
+        pomp_core.PromptedTextEncoder(model, tokenizer)(prompt, ["cat", "hot air balloon"]).sum().backward()
+        grads.append(prompt.ctx.grad)
+    tower.grad_checkpointing = False
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_missing_data_root_is_named(tmp_path):
+    with pytest.raises(ValueError, match="data.root is not set"):
+        Pretrainer(load_config(None, ["train.output_dir=" + str(tmp_path), "train.device=cpu"])).setup()

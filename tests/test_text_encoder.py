@@ -130,3 +130,12 @@ def test_prompt_learner_validates_its_arguments():
         PromptLearner(class_specific=True)
     p = PromptLearner(n_ctx=4, width=32)
     assert p.ctx.shape == (4, 32) and abs(p.ctx.std().item() - 0.02) < 0.01
+
+
+def test_encode_ids_equals_open_clip_encode_text(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    ids = tokenizer(["a small red striped circle", "this shape is blue", "x"])
+    with torch.no_grad():
+        ours = PromptedTextEncoder(model, tokenizer).encode_ids(ids)
+        ref = model.encode_text(ids)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)

@@ -100,6 +100,9 @@ class Pretrainer:
         cfg = self.cfg
         d = cfg.data
         # Everything that can fail on bad input fails here, before any training.
+        if not d.root:
+            raise ValueError("data.root is not set: pass data.root=/path/to/class/folders "
+                             "(one folder of images per class)")
         index = build_split_index(d.root, d.shots, d.val_per_class, d.split_seed, d.index_cache) \
             if self.is_main else None
         self._barrier()
