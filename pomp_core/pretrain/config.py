@@ -79,6 +79,7 @@ class TrainConfig:
     max_steps: Optional[int] = None  # stop early after this many steps (smoke runs)
     feature_cache: bool = False  # precompute frozen image features once (see docs/pretraining.md)
     cache_views: int = 8  # augmented views per image held in the feature cache
+    feature_cache_dir: Optional[str] = None  # where caches live (default <output_dir>/feature_cache); shareable
     tensorboard: bool = True
 
 

@@ -198,7 +198,9 @@ class ImageListDataset(Dataset):
             logger.debug("skipping unreadable image %s: %s", rel, err)
             return None
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, self.epoch, i))
+            # the CPU generator only: torch.manual_seed also queues CUDA seeding, which
+            # records a stack trace per call (milliseconds per sample)
+            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, i))
             views = torch.stack([self.transform(image) for _ in range(self.views)])
         return views, label, i
 

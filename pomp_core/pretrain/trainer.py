@@ -142,7 +142,7 @@ class Pretrainer:
         transform = train_transform(d.image_size) if d.augment else eval_transform(d.image_size)
         images = ImageListDataset(index.root, index.train, transform, views=d.views, seed=cfg.train.seed)
         if cfg.train.feature_cache:
-            cache = build_feature_cache(self, images, self.out / "feature_cache")
+            cache = build_feature_cache(self, images, Path(cfg.train.feature_cache_dir or self.out / "feature_cache"))
             self.dataset = FeatureCacheDataset(cache, index.train, views=d.views, seed=cfg.train.seed)
         else:
             self.dataset = images

@@ -1,0 +1,187 @@
+"""Write the synthetic world to disk in the formats the real pipelines read.
+
+* classification: ``pretrain/`` a folder per seen class + ``names.txt`` (ImageNet-21K layout),
+  ``eval/`` images with CoOp-style split files (``split_world_unseen.json``, ``split_world_seen.json``);
+* detection: scenes with boxes and instance masks in LVIS json; unseen classes have
+  frequency ``r`` (rare = novel: pomp_det's ``*_norare`` split drops their annotations);
+* segmentation: scenes with PNG label maps in mmseg's ``img_dir/ann_dir`` layout.
+
+Everything is a function of the seed: the same call writes the same bytes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .render import render, sample_radius
+from .vocabulary import ObjectClass, all_classes, split_classes
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 0
+    unseen_fraction: float = 0.25
+    image_size: int = 64  # classification images
+    pretrain_per_class: int = 8  # images per seen class for prompt pre-training
+    eval_per_class: int = 4  # held-out images per class in the evaluation splits
+    eval_classes: int = 240  # classes per evaluation split (seen / unseen), 0 = all
+    scene_size: int = 128  # detection / segmentation images
+    det_classes: int = 40  # detection vocabulary (a subset, ~25% unseen)
+    det_images: Tuple[int, int] = (120, 40)  # train, val scenes
+    seg_classes: int = 20
+    seg_images: Tuple[int, int] = (120, 40)
+
+
+def world_classes(cfg: WorldConfig) -> Tuple[List[ObjectClass], List[int], List[int]]:
+    classes = all_classes()
+    seen, unseen = split_classes(classes, cfg.unseen_fraction, cfg.seed)
+    return classes, seen, unseen
+
+
+def _rng(cfg: WorldConfig, *key: int) -> np.random.Generator:
+    return np.random.default_rng([cfg.seed, *key])
+
+
+def render_single(cls: ObjectClass, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One object, jittered around the centre, as a uint8 image."""
+    c = size / 2
+    jitter = size * 0.12
+    center = (c + rng.uniform(-jitter, jitter), c + rng.uniform(-jitter, jitter))
+    img, _ = render([(cls, center, sample_radius(cls.size, rng), rng.uniform(0, 0.5))], size, rng)
+    return img
+
+
+def _save(img: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(path, optimize=False)
+
+
+def _subset(ids: Sequence[int], n: int, rng: np.random.Generator) -> List[int]:
+    return sorted(rng.choice(ids, size=min(n, len(ids)), replace=False).tolist()) if n else list(ids)
+
+
+def write_classification(cfg: WorldConfig, out: Path) -> Dict[str, str]:
+    classes, seen, unseen = world_classes(cfg)
+    pre = out / "classification" / "pretrain"
+    lines = []
+    for c in tqdm(seen, desc="pretrain images", unit="class", leave=False):
+        folder = f"c{c:04d}"
+        lines.append(f"{folder} {classes[c].name}")
+        for i in range(cfg.pretrain_per_class):
+            _save(render_single(classes[c], cfg.image_size, _rng(cfg, 1, c, i)), pre / "images" / folder / f"{i}.png")
+    (pre / "names.txt").write_text("\n".join(lines) + "\n")
+    files = {"pretrain_root": str(pre / "images"), "pretrain_names": str(pre / "names.txt")}
+    ev = out / "classification" / "eval"
+    for split, ids, key in (("unseen", unseen, 2), ("seen", seen, 3)):
+        chosen = _subset(ids, cfg.eval_classes, _rng(cfg, 90 + key))
+        test = []
+        for label, c in enumerate(chosen):
+            for i in range(cfg.eval_per_class):
+                rel = f"images/c{c:04d}/{i}.png"
+                _save(render_single(classes[c], cfg.image_size, _rng(cfg, key, c, i)), ev / rel)
+                test.append([rel, label, classes[c].name])
+        path = ev / f"split_world_{split}.json"
+        path.write_text(json.dumps({"train": [], "val": [], "test": test}))
+        files[f"eval_{split}"] = str(path)
+    return files
+
+
+def _scene(cfg: WorldConfig, cat_ids: Sequence[int], classes: List[ObjectClass], rng: np.random.Generator):
+    """2-5 objects at random places (overlap allowed; later objects occlude)."""
+    objs = []
+    for _ in range(int(rng.integers(2, 6))):
+        c = int(rng.choice(cat_ids))
+        r = sample_radius(classes[c].size, rng)
+        center = tuple(rng.uniform(r, cfg.scene_size - r, 2))
+        objs.append((c, center, r, float(rng.uniform(0, 0.5))))
+    img, masks = render([(classes[c], ctr, r, rot) for c, ctr, r, rot in objs], cfg.scene_size, rng)
+    return img, [(o[0], m) for o, m in zip(objs, masks)]
+
+
+def _mask_polygons(mask: np.ndarray) -> List[List[float]]:
+    """COCO/LVIS polygons of a mask's outer contours (detectron2's LVIS loader reads
+    polygons only; like COCO polygons they cannot hold holes, so a ring's is filled)."""
+    import cv2  # only the detection rendering needs it
+
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
+
+
+def write_detection(cfg: WorldConfig, out: Path) -> Dict[str, str]:
+    classes, seen, unseen = world_classes(cfg)
+    rng = _rng(cfg, 4)
+    n_unseen = max(1, int(round(cfg.det_classes * cfg.unseen_fraction)))
+    vocab = sorted(_subset(unseen, n_unseen, rng) + _subset(seen, cfg.det_classes - n_unseen, rng))
+    novel = set(unseen)
+    det = out / "detection"
+    files = {}
+    for split, n_img, key in (("train", cfg.det_images[0], 5), ("val", cfg.det_images[1], 6)):
+        images, anns = [], []
+        counts = {c: [0, set()] for c in vocab}
+        for i in tqdm(range(n_img), desc=f"detection {split}", leave=False):
+            img, objs = _scene(cfg, vocab, classes, _rng(cfg, key, i))
+            name = f"{split}/{i:05d}.png"
+            _save(img, det / "images" / name)
+            images.append({"id": i + 1, "file_name": name, "height": cfg.scene_size, "width": cfg.scene_size,
+                           "neg_category_ids": [], "not_exhaustive_category_ids": []})
+            for c, m in objs:
+                polygons = _mask_polygons(m)
+                if m.sum() < 4 or not polygons:
+                    continue  # (nearly) fully occluded
+                ys, xs = np.nonzero(m)
+                x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": vocab.index(c) + 1,
+                             "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                             "area": float(m.sum()), "segmentation": polygons, "iscrowd": 0})
+                counts[c][0] += 1
+                counts[c][1].add(i)
+        cats = [{"id": k + 1, "name": classes[c].name.replace(" ", "_"), "synonyms": [classes[c].name],
+                 "frequency": "r" if c in novel else ("f" if len(counts[c][1]) > 10 else "c"),
+                 "image_count": len(counts[c][1]), "instance_count": counts[c][0]}
+                for k, c in enumerate(vocab)]
+        path = det / "annotations" / f"world_lvis_{split}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"info": {"description": "pomp synthetic world", "world": asdict(cfg)},
+                                    "licenses": [], "images": images, "annotations": anns, "categories": cats}))
+        files[f"det_{split}"] = str(path)
+    files["det_images"] = str(det / "images")
+    return files
+
+
+def write_segmentation(cfg: WorldConfig, out: Path) -> Dict[str, str]:
+    classes, seen, unseen = world_classes(cfg)
+    rng = _rng(cfg, 7)
+    n_unseen = max(1, int(round(cfg.seg_classes * cfg.unseen_fraction)))
+    vocab = sorted(_subset(unseen, n_unseen, rng) + _subset(seen, cfg.seg_classes - n_unseen, rng))
+    seg = out / "segmentation"
+    for split, n_img, key in (("train", cfg.seg_images[0], 8), ("val", cfg.seg_images[1], 9)):
+        for i in tqdm(range(n_img), desc=f"segmentation {split}", leave=False):
+            img, objs = _scene(cfg, vocab, classes, _rng(cfg, key, i))
+            label = np.full((cfg.scene_size, cfg.scene_size), 255, dtype=np.uint8)  # 255 = background/ignore
+            for c, m in objs:
+                label[m] = vocab.index(c)
+            _save(img, seg / "img_dir" / split / f"{i:05d}.png")
+            _save(label, seg / "ann_dir" / split / f"{i:05d}.png")
+    meta = {"classes": [classes[c].name for c in vocab],
+            "unseen": [vocab.index(c) for c in vocab if c in set(unseen)], "ignore_index": 255}
+    (seg / "classes.json").write_text(json.dumps(meta, indent=1))
+    return {"seg_root": str(seg), "seg_classes": str(seg / "classes.json")}
+
+
+def write_world(out: str | os.PathLike, cfg: WorldConfig = WorldConfig(), parts: Sequence[str] = ("classification", "detection", "segmentation")) -> Dict[str, str]:
+    """Write the requested renderings under ``out``; returns the main paths (also in world.json)."""
+    out = Path(out)
+    files: Dict[str, str] = {}
+    writers = {"classification": write_classification, "detection": write_detection,
+               "segmentation": write_segmentation}
+    for part in parts:
+        files.update(writers[part](cfg, out))
+    (out / "world.json").write_text(json.dumps({"config": asdict(cfg), "files": files}, indent=1))
+    return files

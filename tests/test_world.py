@@ -1,0 +1,142 @@
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from frameworks import require
+from pomp_core.pretrain import data as pdata
+from pomp_core.world.generate import WorldConfig, _rng, _scene, world_classes, write_world
+from pomp_core.world.vocabulary import all_classes, split_classes
+from pomp_core.zero_shot import read_split_file
+
+SMALL = WorldConfig(seed=3, pretrain_per_class=1, eval_per_class=2, eval_classes=20,
+                    det_classes=12, det_images=(6, 3), seg_classes=8, seg_images=(6, 3))
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    return out, write_world(out, SMALL)
+
+
+def digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f.relative_to(root).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def test_vocabulary_is_compositional_and_the_split_keeps_every_part_seen():
+    classes = all_classes()
+    assert len(classes) >= 1000 and len({c.name for c in classes}) == len(classes)
+    seen, unseen = split_classes(classes, 0.25, seed=0)
+    assert 0.2 * len(classes) < len(unseen) < 0.3 * len(classes)
+    assert not set(seen) & set(unseen)
+    for field in ("size", "colour", "pattern", "shape"):
+        assert {getattr(classes[i], field) for i in unseen} <= {getattr(classes[i], field) for i in seen}
+
+
+def test_generator_is_deterministic(small_world, tmp_path):
+    out, _ = small_world
+    write_world(tmp_path, SMALL, parts=("detection", "segmentation"))
+    for part in ("detection", "segmentation"):
+        assert digest(out / part) == digest(tmp_path / part)
+    other = WorldConfig(**{**SMALL.__dict__, "seed": 4})
+    write_world(tmp_path / "other", other, parts=("segmentation",))
+    assert digest(out / "segmentation") != digest(tmp_path / "other" / "segmentation")
+
+
+def test_classification_layout_loads_with_the_real_loaders(small_world):
+    out, files = small_world
+    from torchvision.datasets import ImageFolder
+
+    folders = ImageFolder(files["pretrain_root"])
+    classes, seen, unseen = world_classes(SMALL)
+    assert len(folders.classes) == len(seen) and len(folders) == len(seen) * SMALL.pretrain_per_class
+    names = pdata.read_class_names(pdata.list_class_folders(files["pretrain_root"]), files["pretrain_names"])
+    assert names == [classes[int(f[1:])].name for f in folders.classes]
+    unseen_names = {classes[i].name for i in unseen}
+    items, split_names = read_split_file(files["eval_unseen"])
+    assert len(split_names) == 20 and set(split_names) <= unseen_names
+    assert len(items) == 40 and all((Path(files["eval_unseen"]).parent / p).is_file() for p, _ in items)
+    assert not set(read_split_file(files["eval_seen"])[1]) & unseen_names
+
+
+def test_detection_annotations_are_consistent_lvis(small_world):
+    require("lvis")
+    from lvis import LVIS
+    from pycocotools import mask as mask_util
+
+    out, files = small_world
+    classes, _, unseen = world_classes(SMALL)
+    lvis = LVIS(files["det_train"])
+    cats = lvis.load_cats(None)
+    assert len(cats) == 12
+    unseen_names = {classes[i].name for i in unseen}
+    assert {c["name"].replace("_", " ") for c in cats if c["frequency"] == "r"} == \
+        {c["name"].replace("_", " ") for c in cats} & unseen_names
+    assert 0 < len({c["frequency"] for c in cats} & {"r"})
+    anns = lvis.load_anns(lvis.get_ann_ids())
+    assert anns
+    for ann in anns:
+        img = lvis.load_imgs([ann["image_id"]])[0]
+        m = mask_util.decode(mask_util.merge(mask_util.frPyObjects(ann["segmentation"], img["height"], img["width"])))
+        ys, xs = np.nonzero(m)
+        x, y, w, h = ann["bbox"]
+        assert xs.min() >= x - 1 and ys.min() >= y - 1 and xs.max() <= x + w and ys.max() <= y + h
+        assert (Path(files["det_images"]) / img["file_name"]).is_file()
+
+
+def test_segmentation_label_maps_match_the_instance_masks(small_world):
+    out, files = small_world
+    meta = json.loads(Path(files["seg_classes"]).read_text())
+    assert len(meta["classes"]) == 8 and meta["unseen"]
+    classes, _, _ = world_classes(SMALL)
+    vocab = [next(i for i, c in enumerate(classes) if c.name == n) for n in meta["classes"]]
+    for i in range(SMALL.seg_images[0]):
+        label = np.asarray(Image.open(Path(files["seg_root"]) / "ann_dir" / "train" / f"{i:05d}.png"))
+        _, objs = _scene(SMALL, vocab, classes, _rng(SMALL, 8, i))
+        expected = np.full_like(label, 255)
+        for c, m in objs:
+            expected[m] = vocab.index(c)
+        assert np.array_equal(label, expected)
+        assert set(np.unique(label)) <= set(range(8)) | {255}
+
+
+def test_segmentation_layout_loads_with_mmseg(small_world):
+    require("mmseg.datasets")
+    from mmengine.registry import init_default_scope
+    from mmseg.datasets import BaseSegDataset
+
+    init_default_scope("mmseg")
+
+    out, files = small_world
+    meta = json.loads(Path(files["seg_classes"]).read_text())
+    ds = BaseSegDataset(data_root=files["seg_root"], data_prefix=dict(img_path="img_dir/train", seg_map_path="ann_dir/train"),
+                        img_suffix=".png", seg_map_suffix=".png", metainfo=dict(classes=tuple(meta["classes"])),
+                        pipeline=[dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")])
+    assert len(ds) == SMALL.seg_images[0]
+    sample = ds[0]
+    assert sample["gt_seg_map"].shape == (128, 128) and sample["img"].shape == (128, 128, 3)
+
+
+def test_pomp_beats_the_hand_prompt_on_unseen_classes(tmp_path):
+    """The main job, reduced: the learned prompt must beat the hand-crafted one on held-out
+    images of unseen classes (see docs/world.md for the margins measured across seeds)."""
+    from pomp_core.world.main_job import run
+    from pomp_core.world.tiny_clip import WEIGHTS
+
+    assert WEIGHTS.is_file(), "the shipped tiny CLIP weights are missing"
+    world = WorldConfig(seed=0, pretrain_per_class=3, eval_per_class=3, eval_classes=150)
+    results = run(tmp_path, str(Path(__file__).resolve().parents[1] / "configs/pomp/world_tiny.yaml"),
+                  world=world, overrides=["optim.epochs=2"])
+    hand = next(v for k, v in results.items() if k.startswith("hand-crafted"))
+    assert results["POMP"]["unseen"] > hand["unseen"] + MARGIN, results
+    assert (tmp_path / "results.md").is_file() and (tmp_path / "results.png").stat().st_size > 1000
+    assert (tmp_path / "pomp" / "training_curves.png").is_file()
+    assert np.load(tmp_path / "unseen_classes_pomp.npy").shape == (150, 64)

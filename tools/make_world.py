@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""Write the synthetic world (classification, detection, segmentation renderings) to a folder.
+
+    .venv/bin/python tools/make_world.py --out output/world/world [--parts classification detection segmentation]
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+from pomp_core.log import setup_logging
+from pomp_core.world.generate import WorldConfig, write_world
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--parts", nargs="+", default=["classification", "detection", "segmentation"],
+                   choices=["classification", "detection", "segmentation"])
+    for f in dataclasses.fields(WorldConfig):
+        if f.type in ("int", "float"):
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=int if f.type == "int" else float, default=f.default)
+    args = p.parse_args()
+    setup_logging()
+    cfg = WorldConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WorldConfig) if hasattr(args, f.name)})
+    files = write_world(args.out, cfg, parts=args.parts)
+    print(json.dumps(files, indent=1))
+
+
+if __name__ == "__main__":
+    main()
