@@ -75,7 +75,7 @@ def train_tiny_clip(out: str | os.PathLike = WEIGHTS, steps: int = 1200, batch_s
     std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     text = PromptedTextEncoder(model, tokenizer)
     loss_fn = open_clip.ClipLoss()
-    opt = torch.optim.AdamW([p for p in model.parameters()], lr=lr, weight_decay=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
