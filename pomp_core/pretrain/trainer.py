@@ -22,6 +22,7 @@ from ..embeddings import class_embeddings
 from ..prompt import PromptLearner
 from ..prompt_io import save_prompt
 from ..text_encoder import PromptedTextEncoder, text_tower
+from ..zero_shot import image_features, top1
 from .config import PretrainConfig
 from .contrast import build_contrast_batch, local_contrast_logits, local_contrast_loss, sample_negatives
 from .data import (ImageListDataset, ResumableDistributedSampler, build_split_index, collate_skipping,
@@ -244,18 +245,11 @@ class Pretrainer:
         """Top-1 over all N classes on the held-out split (rank 0)."""
         if not self.index.val or not self.is_main:
             return None
-        data = ImageListDataset(self.index.root, self.index.val, eval_transform(self.cfg.data.image_size))
-        loader = DataLoader(data, batch_size=64, num_workers=self.cfg.data.workers, collate_fn=collate_skipping)
-        weights = self.encode_all_classes().float()
-        correct = total = 0
-        for batch in loader:
-            if "images" not in batch:
-                continue
-            feats = self.image_features(batch)
-            pred = (feats @ weights.t()).argmax(dim=1).cpu()
-            correct += int((pred == batch["labels"]).sum())
-            total += len(pred)
-        return correct / max(total, 1)
+        with self._autocast():
+            feats, labels = image_features(self.model, self.index.root, self.index.val,
+                                           eval_transform(self.cfg.data.image_size), batch_size=64,
+                                           workers=self.cfg.data.workers)
+        return top1(feats, labels, self.encode_all_classes().float())
 
     def _check_skipped(self, batch: Dict[str, torch.Tensor]) -> None:
         skipped = int(batch["skipped"])
