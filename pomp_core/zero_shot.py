@@ -2,70 +2,110 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from .embeddings import class_embeddings
 from .prompt import PromptLearner
 from .pretrain.data import ImageListDataset, collate_skipping
 from .text_encoder import PromptedTextEncoder
 
-Classifier = Union[PromptLearner, str]  # a soft prompt, or a template with "{}" for the name
+logger = logging.getLogger(__name__)
+
+# a soft prompt, a template with "{}" for the name, or several templates whose class
+# features are averaged (CLIP's prompt ensemble)
+Classifier = Union[PromptLearner, str, Sequence[Union[str, Callable[[str], str]]]]
 
 
 def read_split_file(path: str | os.PathLike, split: str = "test") -> Tuple[List[Tuple[str, int]], List[str]]:
-    """Items and class names of a CoOp-style split file (``{"test": [[path, label, name], ...]}``)."""
+    """Items of ``split`` and the class names of a CoOp-style split file
+    (``{"train": [...], "val": [...], "test": [[path, label, name], ...]}``).
+
+    Class names come from every split of the file, so a class without ``split`` items
+    still gets its classifier row (CoOp takes them from the training split).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"split file '{path}' does not exist")
-    rows = json.loads(path.read_text()).get(split)
+    data = json.loads(path.read_text())
+    rows = data.get(split)
     if not rows:
-        raise ValueError(f"{path} has no '{split}' items")
-    names = {}
-    for _, label, name in rows:
-        names[label] = name
-    classes = [names[i] for i in range(len(names))]
-    return [(p, int(y)) for p, y, _ in rows], classes
+        raise ValueError(f"{path} has no '{split}' items (it has {sorted(k for k, v in data.items() if v)})")
+    names: Dict[int, str] = {}
+    for part in data.values():
+        for _, label, name in part or []:
+            if names.setdefault(int(label), name) != name:
+                raise ValueError(f"{path}: label {label} is named both '{names[int(label)]}' and '{name}'")
+    missing = sorted(set(range(max(names) + 1)) - set(names))
+    if missing:
+        raise ValueError(f"{path}: labels {missing[:10]} have no items, so their class names are unknown")
+    return [(p, int(y)) for p, y, _ in rows], [names[i] for i in range(len(names))]
 
 
 @torch.no_grad()
 def text_classifier(model: nn.Module, tokenizer: Callable, classifier: Classifier, names: List[str]) -> torch.Tensor:
-    """Unit-norm class weights [C, D] from a soft prompt or a hand-written template."""
+    """Unit-norm class weights [C, D] from a soft prompt, a template or a template ensemble.
+
+    Benchmark class lists may repeat a name (open_clip's ImageNet names hold 'missile'
+    and 'sunglasses' twice): each distinct name is encoded once and repeated names share
+    a row, so the first of two identical rows wins every tie, as in CLIP's own protocol.
+    """
+    unique = list(dict.fromkeys(names))
     if isinstance(classifier, PromptLearner):
-        return class_embeddings(model, tokenizer, classifier, names)
-    texts = [classifier.format(n.replace("_", " ")) for n in names]
-    return F.normalize(PromptedTextEncoder(model, tokenizer).encode_ids(tokenizer(texts)).float(), dim=-1)
+        weights = class_embeddings(model, tokenizer, classifier, unique)
+    else:
+        # the template ensemble of open_clip's build_zero_shot_classifier (mean of unit
+        # features, renormalised), through the encoder that cuts batches after the EOT
+        templates = [classifier] if isinstance(classifier, str) else list(classifier)
+        encoder = PromptedTextEncoder(model, tokenizer)
+        weights = 0
+        for template in tqdm(templates, desc="templates", unit="template", disable=len(templates) < 8):
+            texts = [template.format(n) if isinstance(template, str) else template(n)
+                     for n in (n.replace("_", " ") for n in unique)]
+            weights = weights + torch.cat([F.normalize(encoder.encode_ids(tokenizer(texts[i:i + 512])).float(), dim=-1)
+                                           for i in range(0, len(texts), 512)])
+        weights = F.normalize(weights, dim=-1)
+    if len(unique) == len(names):
+        return weights
+    row = {n: i for i, n in enumerate(unique)}
+    return weights[torch.tensor([row[n] for n in names], device=weights.device)]
 
 
 @torch.no_grad()
-def image_features(model: nn.Module, root: str | os.PathLike, items: List[Tuple[str, int]],
-                   transform: Callable, batch_size: int = 128, workers: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Unit-norm image features [n, D] and labels [n] (unreadable images are skipped)."""
+def encode_images(model: nn.Module, root: str | os.PathLike, items: Sequence[Tuple[str, int]],
+                  transform: Callable, batch_size: int = 128, workers: int = 0,
+                  progress: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Unit-norm image features [n, D] of the readable items and their indices [n] into ``items``."""
     loader = DataLoader(ImageListDataset(root, items, transform), batch_size=batch_size,
                         num_workers=workers, collate_fn=collate_skipping)
     device = next(model.parameters()).device
-    feats, labels = [], []
-    for batch in loader:
+    feats, index, skipped = [], [], 0
+    for batch in tqdm(loader, desc="image features", unit="batch", disable=not progress):
+        skipped += int(batch["skipped"])
         if "images" in batch:
             feats.append(F.normalize(model.encode_image(batch["images"][:, 0].to(device)).float(), dim=-1).cpu())
-            labels.append(batch["labels"])
-    return torch.cat(feats), torch.cat(labels)
+            index.append(batch["index"])
+    if skipped:
+        logger.warning("skipped %d unreadable or missing images under %s", skipped, root)
+    if not feats:
+        raise RuntimeError(f"none of the {len(items)} images under {root} could be read")
+    return torch.cat(feats), torch.cat(index)
+
+
+def image_features(model: nn.Module, root: str | os.PathLike, items: List[Tuple[str, int]],
+                   transform: Callable, batch_size: int = 128, workers: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Unit-norm image features [n, D] and labels [n] (unreadable images are skipped)."""
+    feats, index = encode_images(model, root, items, transform, batch_size, workers)
+    return feats, torch.tensor([items[i][1] for i in index.tolist()])
 
 
 def top1(features: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> float:
     return float(((features @ weights.cpu().t()).argmax(dim=1) == labels).float().mean())
-
-
-def evaluate_split(model: nn.Module, tokenizer: Callable, preprocess: Callable, split_file: str | os.PathLike,
-                   classifiers: dict, root: Optional[str | os.PathLike] = None) -> dict:
-    """Top-1 of each named classifier on the test items of a split file (images read once)."""
-    items, names = read_split_file(split_file)
-    feats, labels = image_features(model, root or Path(split_file).parent, items, preprocess)
-    return {key: top1(feats, labels, text_classifier(model, tokenizer, clf, names))
-            for key, clf in classifiers.items()}
