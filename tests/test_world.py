@@ -97,14 +97,19 @@ def test_segmentation_label_maps_match_the_instance_masks(small_world):
     assert len(meta["classes"]) == 8 and meta["unseen"]
     classes, _, _ = world_classes(SMALL)
     vocab = [next(i for i, c in enumerate(classes) if c.name == n) for n in meta["classes"]]
-    for i in range(SMALL.seg_images[0]):
-        label = np.asarray(Image.open(Path(files["seg_root"]) / "ann_dir" / "train" / f"{i:05d}.png"))
-        _, objs = _scene(SMALL, vocab, classes, _rng(SMALL, 8, i))
-        expected = np.full_like(label, 255)
-        for c, m in objs:
-            expected[m] = vocab.index(c)
-        assert np.array_equal(label, expected)
-        assert set(np.unique(label)) <= set(range(8)) | {255}
+    seen_vocab = [c for k, c in enumerate(vocab) if k not in meta["unseen"]]
+    found = {"train": set(), "val": set()}
+    for split, n_img, key, drawn in (("train", SMALL.seg_images[0], 8, seen_vocab), ("val", SMALL.seg_images[1], 9, vocab)):
+        for i in range(n_img):
+            label = np.asarray(Image.open(Path(files["seg_root"]) / "ann_dir" / split / f"{i:05d}.png"))
+            _, objs = _scene(SMALL, drawn, classes, _rng(SMALL, key, i))
+            expected = np.full_like(label, 255)
+            for c, m in objs:
+                expected[m] = vocab.index(c)
+            assert np.array_equal(label, expected)
+            found[split] |= set(np.unique(label).tolist()) - {255}
+    # unseen classes appear in validation scenes only
+    assert not found["train"] & set(meta["unseen"]) and found["train"] <= set(range(8))
 
 
 def test_segmentation_layout_loads_with_mmseg(small_world):
@@ -124,25 +129,28 @@ def test_segmentation_layout_loads_with_mmseg(small_world):
     assert sample["gt_seg_map"].shape == (128, 128) and sample["img"].shape == (128, 128, 3)
 
 
-def test_main_job_trains_evaluates_and_reports(tmp_path):
-    """The main job, reduced: prompts train (loss falls), all rows are evaluated on held-out
-    seen and unseen images, and the table, plot, curves and embeddings are written.
-    (The margin over the hand prompt is small and seed-dependent: see docs/world.md.)"""
+def test_main_job_pomp_beats_the_hand_prompt_on_unseen_classes(tmp_path):
+    """The main job as the README runs it (the shipped tiny CLIP, the shipped config, the
+    default world): prompts pre-trained on seen classes beat "a photo of a {}." on held-out
+    images of all 480 unseen classes by a clear margin, and the table, plot, curves and
+    embeddings are written. Unseen margins seen (POMP - hand): +3.1 and +2.6 points for
+    pre-training seeds 1 and 2, paired standard error ~0.65 (docs/world.md)."""
     from pomp_core.world.main_job import run
     from pomp_core.world.tiny_clip import WEIGHTS
 
     assert WEIGHTS.is_file(), "the shipped tiny CLIP weights are missing"
-    world = WorldConfig(seed=0, pretrain_per_class=2, eval_per_class=2, eval_classes=60)
-    results = run(tmp_path, str(Path(__file__).resolve().parents[1] / "configs/pomp/world_tiny.yaml"),
-                  world=world, overrides=["optim.epochs=1", "train.log_every=5"])
-    assert len(results) == 3 and all(set(v) == {"unseen", "seen"} for v in results.values())
-    # the shipped CLIP recognises unseen combinations far above chance (1/60)
-    assert all(v["unseen"] > 0.5 for v in results.values()), results
+    out = run(tmp_path, str(Path(__file__).resolve().parents[1] / "configs/pomp/world_tiny.yaml"))
+    top1, margin = out["top1"], out["margin"]
+    assert len(top1) == 3 and all(set(v) == {"unseen", "seen"} for v in top1.values())
+    mean, se = margin["POMP"]["unseen"]
+    assert mean > 0.01 and mean > 1.5 * se, out
+    # the shipped CLIP recognises unseen combinations far above chance (1/480)
+    assert all(v["unseen"] > 0.5 for v in top1.values()), top1
     for run_dir in ("pomp", "pomp_no_correction"):
         losses = [json.loads(x)["loss"] for x in (tmp_path / run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+        assert np.mean(losses[-20:]) < np.mean(losses[:20]), losses
         assert (tmp_path / run_dir / "training_curves.png").is_file()
     table = (tmp_path / "results.md").read_text()
-    assert "hand-crafted" in table and "POMP, no local correction" in table
+    assert "hand-crafted" in table and "POMP, no local correction" in table and "paired standard error" in table
     assert (tmp_path / "results.png").stat().st_size > 1000
-    assert np.load(tmp_path / "unseen_classes_pomp.npy").shape == (60, 64)
+    assert np.load(tmp_path / "unseen_classes_pomp.npy").shape == (480, 64)

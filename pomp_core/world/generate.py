@@ -30,8 +30,8 @@ class WorldConfig:
     unseen_fraction: float = 0.25
     image_size: int = 64  # classification images
     pretrain_per_class: int = 8  # images per seen class for prompt pre-training
-    eval_per_class: int = 4  # held-out images per class in the evaluation splits
-    eval_classes: int = 240  # classes per evaluation split (seen / unseen), 0 = all
+    eval_per_class: int = 6  # held-out images per class in the evaluation splits
+    eval_classes: int = 0  # classes per evaluation split (seen / unseen), 0 = all (1,440 / 480)
     scene_size: int = 128  # detection / segmentation images
     det_classes: int = 40  # detection vocabulary (a subset, ~25% unseen)
     det_images: Tuple[int, int] = (120, 40)  # train, val scenes
@@ -129,7 +129,9 @@ def write_detection(cfg: WorldConfig, out: Path) -> Dict[str, str]:
             img, objs = _scene(cfg, vocab, classes, _rng(cfg, key, i))
             name = f"{split}/{i:05d}.png"
             _save(img, det / "images" / name)
-            images.append({"id": i + 1, "file_name": name, "height": cfg.scene_size, "width": cfg.scene_size,
+            # LVIS v1 images carry coco_url; detectron2's LVIS loader takes <split>/<file> from it
+            images.append({"id": i + 1, "file_name": name, "coco_url": f"file://world/{name}",
+                           "height": cfg.scene_size, "width": cfg.scene_size,
                            "neg_category_ids": [], "not_exhaustive_category_ids": []})
             for c, m in objs:
                 polygons = _mask_polygons(m)
@@ -161,9 +163,12 @@ def write_segmentation(cfg: WorldConfig, out: Path) -> Dict[str, str]:
     n_unseen = max(1, int(round(cfg.seg_classes * cfg.unseen_fraction)))
     vocab = sorted(_subset(unseen, n_unseen, rng) + _subset(seen, cfg.seg_classes - n_unseen, rng))
     seg = out / "segmentation"
+    # Unseen classes appear in validation scenes only (the ZS3Net protocol): a training scene
+    # holding an unlabelled unseen object would teach the mask head that it is background.
+    seen_vocab = [c for c in vocab if c not in set(unseen)]
     for split, n_img, key in (("train", cfg.seg_images[0], 8), ("val", cfg.seg_images[1], 9)):
         for i in tqdm(range(n_img), desc=f"segmentation {split}", leave=False):
-            img, objs = _scene(cfg, vocab, classes, _rng(cfg, key, i))
+            img, objs = _scene(cfg, seen_vocab if split == "train" else vocab, classes, _rng(cfg, key, i))
             label = np.full((cfg.scene_size, cfg.scene_size), 255, dtype=np.uint8)  # 255 = background/ignore
             for c, m in objs:
                 label[m] = vocab.index(c)
