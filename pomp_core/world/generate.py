@@ -163,7 +163,7 @@ def write_segmentation(cfg: WorldConfig, out: Path) -> Dict[str, str]:
     n_unseen = max(1, int(round(cfg.seg_classes * cfg.unseen_fraction)))
     vocab = sorted(_subset(unseen, n_unseen, rng) + _subset(seen, cfg.seg_classes - n_unseen, rng))
     seg = out / "segmentation"
-    # Unseen classes appear in validation scenes only (the ZS3Net protocol): a training scene
+    # Unseen classes appear in validation scenes only (training images holding them dropped): a training scene
     # holding an unlabelled unseen object would teach the mask head that it is background.
     seen_vocab = [c for c in vocab if c not in set(unseen)]
     for split, n_img, key in (("train", cfg.seg_images[0], 8), ("val", cfg.seg_images[1], 9)):
