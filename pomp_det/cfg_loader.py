@@ -1,0 +1,48 @@
+"""Configs that build on any detectron2 config, including model-zoo configs by name.
+
+A config may name a model-zoo file as a base: ``_BASE_: "zoo:COCO-InstanceSegmentation/
+mask_rcnn_R_50_FPN_1x.yaml"`` (alone, or in a list next to ``Base-POMP.yaml``); the name
+resolves through ``detectron2.model_zoo.get_config_file``, so nothing is copied.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+from detectron2 import model_zoo
+from detectron2.config import CfgNode, get_cfg
+
+from .config import add_pomp_det_config
+
+ZOO_PREFIX = "zoo:"
+
+
+class PompCfgNode(CfgNode):
+    """detectron2's CfgNode whose ``_BASE_`` also accepts ``zoo:<model-zoo config name>``."""
+
+    @classmethod
+    def load_yaml_with_base(cls, filename, allow_unsafe: bool = False):
+        name = str(filename)
+        if ZOO_PREFIX in name:
+            # fvcore has joined the base onto the including file's folder: keep what follows
+            name = model_zoo.get_config_file(name.split(ZOO_PREFIX, 1)[1])
+        return super().load_yaml_with_base(name, allow_unsafe=allow_unsafe)
+
+
+def get_pomp_cfg() -> PompCfgNode:
+    """detectron2's defaults plus :func:`add_pomp_det_config`, able to read ``zoo:`` bases."""
+    cfg = get_cfg()
+    add_pomp_det_config(cfg)
+    # converted after the keys are added: yacs merges only nodes of the same class
+    return PompCfgNode(cfg)
+
+
+def load_pomp_cfg(config_file: str, opts: Optional[List[str]] = None,
+                  zoo_config: Optional[str] = None) -> PompCfgNode:
+    """``get_pomp_cfg()`` <- ``zoo_config`` (a model-zoo name, optional) <- ``config_file`` <- opts."""
+    cfg = get_pomp_cfg()
+    if zoo_config:
+        cfg.merge_from_file(model_zoo.get_config_file(zoo_config))
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts or [])
+    return cfg

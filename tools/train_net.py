@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Train / evaluate a detectron2 detector with the POMP classifier (pomp_det).
+
+    python tools/train_net.py --config-file configs/det/lvis-base_pomp_mask_rcnn_R50_FPN_4x.yaml \
+        --num-gpus 8 [--resume] [--eval-only MODEL.WEIGHTS model.pth] [KEY VALUE ...]
+    python tools/train_net.py --zoo-config COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml \
+        --config-file configs/det/Base-POMP.yaml MODEL.POMP.EMBEDDINGS coco_pomp.npy
+
+``--zoo-config NAME`` starts from a detectron2 model-zoo config (configs may also say
+``_BASE_: "zoo:NAME"``); ``--world DIR`` registers a synthetic world's datasets.
+"""
+import logging
+import os
+from collections import OrderedDict
+
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, LVISEvaluator, verify_results
+
+import pomp_det
+from pomp_det.data.multi_dataset import build_multi_dataset_train_loader
+from pomp_det.data.world import register_world
+from pomp_det.vocabulary import vocabulary_for_dataset
+
+
+class Trainer(DefaultTrainer):
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        if MetadataCatalog.get(dataset_name).get("evaluator_type") == "lvis":
+            return LVISEvaluator(dataset_name, output_dir=output_folder)
+        # the pure-Python COCOeval: detectron2 here has no C++ extension
+        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        if cfg.DATALOADER.MULTI_DATASET:
+            return build_multi_dataset_train_loader(cfg)
+        return super().build_train_loader(cfg)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        # one dataset at a time: each may need its own vocabulary (MODEL.POMP.TEST_VOCABULARY)
+        results = OrderedDict()
+        for name in cfg.DATASETS.TEST:
+            one = cfg.clone()
+            one.defrost()
+            one.DATASETS.TEST = (name,)
+            with vocabulary_for_dataset(model, cfg, name):
+                results[name] = super().test(one, model)
+        return results if len(results) != 1 else results[name]
+
+
+def setup(args):
+    if args.world:
+        register_world(args.world)
+    cfg = pomp_det.load_pomp_cfg(args.config_file, args.opts, zoo_config=args.zoo_config)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def parser():
+    p = default_argument_parser()
+    p.add_argument("--zoo-config", default="", help="detectron2 model-zoo config to start from, "
+                   "e.g. LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
+    p.add_argument("--world", default="", help="register the synthetic world written in this folder")
+    return p
+
+
+if __name__ == "__main__":
+    args = parser().parse_args()
+    logging.getLogger(__name__).info("Command line arguments: %s", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))
