@@ -1,0 +1,14 @@
+# Stage (a) on voc12: tune the POMP prompt on GT masked crops of the seen classes.
+# Output: <work_dir>/prompt.pth, read by stage (b).
+_base_ = ['mmseg::_base_/datasets/pascal_voc12.py', 'mmseg::_base_/default_runtime.py',
+          './_base_/prompt_tuning.py']
+model = dict(class_split='ZeroShotVOCDataset')
+train_dataloader = dict(batch_size=8, dataset=dict(type='ZeroShotVOCDataset', ignore_unseen=True))
+val_dataloader = None
+val_cfg = None
+val_evaluator = None
+test_dataloader = None
+test_cfg = None
+test_evaluator = None
+default_hooks = dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=1000),
+                     visualization=dict(type='SegVisualizationHook', draw=False))

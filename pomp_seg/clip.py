@@ -1,0 +1,40 @@
+"""The frozen CLIP and the prompt that every pomp_seg component shares."""
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional, Tuple
+
+from torch import nn
+
+import pomp_core
+from pomp_core import PromptLearner
+
+# CLIP's pixel statistics on the 0-255 scale, for mmseg's SegDataPreProcessor (RGB order).
+CLIP_MEAN = [122.770938, 116.7460125, 104.09373615]
+CLIP_STD = [68.5005327, 66.6321579, 70.32316305]
+
+
+def build_clip(name: str, pretrained: Optional[str] = None) -> Tuple[nn.Module, Callable]:
+    """``(model, tokenizer)`` of a frozen open_clip model; a missing weight file is an error."""
+    if pretrained and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin"))) \
+            and not os.path.isfile(pretrained):
+        raise FileNotFoundError(
+            f"CLIP weights '{pretrained}' do not exist: set model.text_encoder.clip_pretrained "
+            "to an existing file (or an open_clip tag such as 'openai').")
+    model, tokenizer, _ = pomp_core.load_clip(name, pretrained=pretrained)
+    return model, tokenizer
+
+
+def build_prompt(prompt: Optional[str], model: nn.Module, tokenizer: Callable,
+                 init_words: Optional[str] = None) -> PromptLearner:
+    """The POMP prompt file ``prompt``, or (without one) a prompt initialised from ``init_words``."""
+    if prompt:
+        if not os.path.isfile(prompt):
+            raise FileNotFoundError(
+                f"prompt file '{prompt}' does not exist: pass a POMP prompt (tools/pretrain.py "
+                "output or the release's .pth.tar), a stage-(a) prompt (work_dir/prompt.pth), "
+                "or set prompt=None with init_words='a photo of a'.")
+        return pomp_core.load_prompt(prompt)
+    if not init_words:
+        raise ValueError("no prompt: set prompt='path/to/prompt.pth' or init_words='a photo of a'")
+    return PromptLearner.from_words(init_words, model, tokenizer)

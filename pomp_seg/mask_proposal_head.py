@@ -1,0 +1,50 @@
+"""Class-agnostic mask proposals whose queries are classified against text embeddings.
+
+mmseg's ``MaskFormerHead`` (pixel decoder, DETR decoder, Hungarian matching, mask and
+dice losses) with its linear ``cls_embed`` replaced by a :class:`TextEmbeddingClassifier`
+with a learned "no object" embedding, so the vocabulary can change between training
+(seen classes) and testing (any classes).
+"""
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+from mmseg.models.decode_heads import MaskFormerHead
+from mmseg.registry import MODELS
+from mmseg.utils import SampleList
+from torch import Tensor
+
+from .text_classifier import TextEmbeddingClassifier
+
+
+@MODELS.register_module()
+class MaskProposalHead(MaskFormerHead):
+    """``num_classes`` is the size of the training vocabulary (the seen classes): the
+    loss uses it as the "no object" label. ``embed_dims`` is the text embedding size."""
+
+    def __init__(self, embed_dims: int, temperature: float = 100.0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.cls_embed = TextEmbeddingClassifier(kwargs["feat_channels"], embed_dims,
+                                                 temperature=temperature, no_object=True)
+
+    def set_class_embeddings(self, class_embeds: Tensor) -> None:
+        self.cls_embed.set_class_embeddings(class_embeds)
+
+    def loss(self, x: Tuple[Tensor], batch_data_samples: SampleList, train_cfg: dict) -> dict:
+        n = self.cls_embed.class_embeds.shape[0]
+        if n != self.num_classes:
+            raise ValueError(f"training vocabulary has {n} classes but the head was built for "
+                             f"num_classes={self.num_classes} (the seen classes); fix decode_head.num_classes")
+        return super().loss(x, batch_data_samples, train_cfg)
+
+    def proposals(self, x: Tuple[Tensor], batch_img_metas: List[dict]) -> Tuple[Tensor, Tensor]:
+        """Class probabilities [B, Q, C] (no-object dropped) and mask logits [B, Q, H, W] at the
+        input size, from the last decoder layer."""
+        from mmseg.structures import SegDataSample
+
+        samples = [SegDataSample(metainfo=dict(meta, batch_input_shape=meta["img_shape"])) for meta in batch_img_metas]
+        all_cls, all_masks = self(x, samples)
+        masks = torch.nn.functional.interpolate(all_masks[-1], size=batch_img_metas[0]["img_shape"],
+                                                mode="bilinear", align_corners=False)
+        return all_cls[-1].softmax(dim=-1)[..., :-1], masks

@@ -1,0 +1,107 @@
+"""Stage (a): tune the prompt on ground-truth masked crops of seen classes.
+
+:class:`PromptTuner` is an mmengine model fed ordinary segmentation batches, so stage (a)
+runs in mmengine's ``Runner`` with the same datasets and pipelines as stage (b). Only the
+prompt's context vectors train (initialised from a POMP prompt); :class:`SavePromptHook`
+writes the result to ``work_dir/prompt.pth`` for stage (b).
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel
+from mmseg.registry import HOOKS, MODELS
+from mmseg.utils import SampleList
+
+from pomp_core import PromptedTextEncoder, save_prompt
+
+from .clip import build_clip, build_prompt
+from .crop_classifier import CLIPCropClassifier
+from .datasets import resolve_split
+
+
+@MODELS.register_module()
+class PromptTuner(BaseModel):
+    """Cross-entropy of CLIP on masked GT crops over the seen class names; only ``prompt.ctx`` trains.
+
+    Args:
+        class_split: the dataset's classes and unseen split (a dataset type of
+            ``pomp_seg.datasets`` or a classes.json): label ``i`` is class ``i``.
+        min_pixels: masks smaller than this are not cropped.
+        min_crop_size: grow crop boxes to at least this many pixels (0 = the tight box,
+            as in ZSSeg; see :func:`pomp_seg.crop_classifier.masked_crops`).
+    """
+
+    def __init__(self, class_split: str, clip_model: str = "ViT-B-16",
+                 clip_pretrained: Optional[str] = "openai", prompt: Optional[str] = None,
+                 init_words: Optional[str] = None, min_pixels: int = 16, min_crop_size: int = 0,
+                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None) -> None:
+        super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        classes, unseen = resolve_split(class_split)
+        self.classes = classes
+        self.seen = [i for i, c in enumerate(classes) if c not in set(unseen)]
+        self._lut = {c: k for k, c in enumerate(self.seen)}  # dataset label -> seen-list index
+        clip, tokenizer = build_clip(clip_model, clip_pretrained)
+        self.clip = clip
+        self.prompt = build_prompt(prompt, clip, tokenizer, init_words)
+        self.prompt.requires_grad_(True)
+        self.text = PromptedTextEncoder(clip, tokenizer)
+        self.crops = CLIPCropClassifier(clip, min_crop_size=min_crop_size)
+        self.min_pixels = min_pixels
+
+    def train(self, mode: bool = True) -> "PromptTuner":
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def loss(self, inputs: torch.Tensor, data_samples: SampleList) -> Dict[str, torch.Tensor]:
+        images, labels = [], []
+        for img, sample in zip(inputs, data_samples):
+            seg = sample.gt_sem_seg.data[0]
+            masks, ids = [], []
+            for c in torch.unique(seg).tolist():
+                mask = seg == c
+                if c in self._lut and int(mask.sum()) >= self.min_pixels:
+                    masks.append(mask)
+                    ids.append(self._lut[c])
+            if masks:
+                images.append(self.crops.crops(img, torch.stack(masks)))
+                labels += ids
+        if not images:  # no seen object in this batch: a zero loss that keeps the graph
+            return {"loss_prompt": self.prompt.ctx.sum() * 0.0}
+        with torch.no_grad():
+            feats = self.crops.image_features(torch.cat(images))
+        names = [self.classes[i] for i in self.seen]
+        text = F.normalize(self.text(self.prompt, names).float(), dim=-1)
+        logits = self.crops.temperature * feats @ text.t()
+        target = torch.tensor(labels, device=logits.device)
+        return {"loss_prompt": F.cross_entropy(logits, target),
+                "acc_crops": (logits.argmax(-1) == target).float().mean().detach()}
+
+    def forward(self, inputs: torch.Tensor, data_samples: Optional[SampleList] = None, mode: str = "loss"):
+        if mode == "loss":
+            return self.loss(inputs, data_samples)
+        raise ValueError(f"PromptTuner only trains (mode='loss'), got mode='{mode}'; evaluate the "
+                         "tuned prompt in stage (b) with ZSSegSegmentor")
+
+
+@HOOKS.register_module()
+class SavePromptHook(Hook):
+    """Write the tuned prompt to ``work_dir/<filename>`` when training ends."""
+
+    priority = "LOW"
+
+    def __init__(self, filename: str = "prompt.pth") -> None:
+        self.filename = filename
+
+    def _save(self, runner) -> None:
+        model = runner.model.module if hasattr(runner.model, "module") else runner.model
+        if runner.rank == 0:
+            save_prompt(model.prompt, os.path.join(runner.work_dir, self.filename), iter=runner.iter)
+
+    def after_train(self, runner) -> None:
+        self._save(runner)
