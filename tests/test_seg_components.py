@@ -17,8 +17,14 @@ import pomp_core  # noqa: E402
 import pomp_seg  # noqa: E402
 from pomp_seg.crop_classifier import masked_crops  # noqa: E402
 
-init_default_scope("mmseg")
 NAMES = ["red circle", "blue square", "green star"]
+
+
+@pytest.fixture(autouse=True)
+def mmseg_scope():
+    """Builds resolve in mmseg's registries even after another module's test set another
+    default scope (test_frameworks sets mmdet's)."""
+    init_default_scope("mmseg")
 
 
 @pytest.fixture()
