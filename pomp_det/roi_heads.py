@@ -16,6 +16,17 @@ class _PompHeadsMixin:
     """What both heads share: vocabulary swap and the image-label (max-size) loss.
     Subclasses list their stages in ``_predictors()`` and ``_box_heads()``."""
 
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["image_label_training"] = bool(cfg.DATALOADER.MULTI_DATASET)
+        return ret
+
+    @configurable
+    def __init__(self, *, image_label_training: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.image_label_training = image_label_training
+
     def set_class_embeddings(self, embeddings: torch.Tensor,
                              fed_loss_weight: Optional[torch.Tensor] = None) -> None:
         """Use a new vocabulary ([C, D] embeddings); every class count follows it."""
@@ -61,17 +72,6 @@ class PompROIHeads(_PompHeadsMixin, StandardROIHeads):
     """StandardROIHeads whose box predictor is :class:`PompFastRCNNOutputLayers`."""
 
     @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret["image_label_training"] = bool(cfg.DATALOADER.MULTI_DATASET)
-        return ret
-
-    @configurable
-    def __init__(self, *, image_label_training: bool = False, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.image_label_training = image_label_training
-
-    @classmethod
     def _init_box_head(cls, cfg, input_shape):
         ret = super()._init_box_head(cfg, input_shape)
         ret["box_predictor"] = PompFastRCNNOutputLayers(cfg, ret["box_head"].output_shape)
@@ -87,17 +87,6 @@ class PompROIHeads(_PompHeadsMixin, StandardROIHeads):
 @ROI_HEADS_REGISTRY.register()
 class PompCascadeROIHeads(_PompHeadsMixin, CascadeROIHeads):
     """CascadeROIHeads with a POMP predictor per stage (one class-embedding matrix shared)."""
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ret = super().from_config(cfg, input_shape)
-        ret["image_label_training"] = bool(cfg.DATALOADER.MULTI_DATASET)
-        return ret
-
-    @configurable
-    def __init__(self, *, image_label_training: bool = False, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.image_label_training = image_label_training
 
     @classmethod
     def _init_box_head(cls, cfg, input_shape):
