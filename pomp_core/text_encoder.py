@@ -4,8 +4,12 @@ Layout (POMP notes section 2), class token at the end::
 
     [SOS] ctx_1 .. ctx_M <name tokens> "." [EOS] pad ...
 
-The token ids are those of ``"X X .. X {name}."`` (placeholders where the context goes);
-the placeholder embeddings are replaced by the learned vectors. The feature is
+The token ids are those of the whole string ``"X X .. X {name}."``, tokenized at once as
+the POMP release does (CLIP's BPE merges a name's final punctuation with the period:
+``"bow (weapon)."`` ends in one ``").</w>"`` token), and the placeholder embeddings are
+replaced by the learned vectors. For ``middle`` and ``front`` the release moves the first
+``len(tokenize(name))`` tokens after the context (the name, with a merged period if any)
+in front of the second half of the context or all of it. The feature is
 ``ln_final(x)[EOT] @ text_projection``. Because the text transformer is causal, the
 positions after a row's EOT never reach its EOT feature, so every batch is cut right
 after its longest EOT: exact, and most prompts are 10-30 of 77 tokens.
@@ -92,6 +96,7 @@ class PromptedTextEncoder:
         self.tokenizer = tokenizer
         self.truncate_names = truncate_names
         self._name_ids: Dict[str, List[int]] = {}
+        self._tails: Dict[Tuple[str, int], List[int]] = {}
         (self.placeholder_id,) = tokenizer.encode("X")
         self.dot_ids = tokenizer.encode(".")
 
@@ -100,18 +105,33 @@ class PromptedTextEncoder:
         return self.tower.attn_mask is not None
 
     def name_tokens(self, name: str) -> List[int]:
+        """Tokens of the name alone: their count is the release's ``name_len``."""
         ids = self._name_ids.get(name)
         if ids is None:
             ids = self._name_ids[name] = self.tokenizer.encode(name.replace("_", " "))
         return ids
 
+    def prompt_tail(self, name: str, n_ctx: int) -> List[int]:
+        """Tokens after the context in the whole string ``"X .. X {name}."`` (name and period)."""
+        key = (name, n_ctx)
+        tail = self._tails.get(key)
+        if tail is None:
+            text = " ".join(["X"] * n_ctx) + " " + name.replace("_", " ") + "."
+            ids = self.tokenizer.encode(text)
+            if ids[:n_ctx] != [self.placeholder_id] * n_ctx:
+                raise ValueError(f"class name '{name}' merges with the context placeholders "
+                                 f"when tokenized ({ids[:n_ctx + 2]}); strip its leading symbols")
+            tail = self._tails[key] = ids[n_ctx:]
+        return tail
+
     def max_name_tokens(self, n_ctx: int) -> int:
-        return self.tower.context_length - n_ctx - len(self.dot_ids) - 2
+        """Room for the name and its period between the context and EOT."""
+        return self.tower.context_length - n_ctx - 2
 
     def token_ids(self, names: Sequence[str], n_ctx: int, position: str) -> Tuple[torch.Tensor, torch.Tensor]:
         """Token ids [N, context_length] and the context-slot mask of the prompted names."""
         limit = self.max_name_tokens(n_ctx)
-        if limit < 1:
+        if limit < 2:
             raise ValueError(f"a prompt of {n_ctx} vectors leaves no room for a class name "
                              f"in a context of {self.tower.context_length} tokens")
         ids = torch.zeros(len(names), self.tower.context_length, dtype=torch.long)
@@ -119,29 +139,32 @@ class PromptedTextEncoder:
         half = n_ctx // 2
         too_long = []
         for row, name in enumerate(names):
-            name_ids = self.name_tokens(name)
-            if len(name_ids) > limit:
+            tail = self.prompt_tail(name, n_ctx)
+            if len(tail) > limit:
                 if not self.truncate_names:
                     raise ValueError(
-                        f"class name '{name}' is {len(name_ids)} tokens; with {n_ctx} context vectors "
-                        f"at most {limit} fit in the {self.tower.context_length}-token context. "
+                        f"class name '{name}' is {len(tail) - 1} tokens; with {n_ctx} context vectors "
+                        f"at most {limit - 1} fit in the {self.tower.context_length}-token context. "
                         "Shorten the name, or pass truncate_names=True to cut it to fit.")
                 too_long.append(name)
-                name_ids = name_ids[:limit]
+                tail = tail[: limit - len(self.dot_ids)] + self.dot_ids
+            # the release's name_len: tokens of the name alone, at most what the tail holds
+            name_len = min(len(self.name_tokens(name)), len(tail))
             ctx = [self.placeholder_id] * n_ctx
             if position == "end":
-                body, mask = ctx + name_ids, [1] * n_ctx + [0] * len(name_ids)
+                body, mask = ctx + tail, [1] * n_ctx + [0] * len(tail)
             elif position == "front":
-                body, mask = name_ids + ctx, [0] * len(name_ids) + [1] * n_ctx
+                body = tail[:name_len] + ctx + tail[name_len:]
+                mask = [0] * name_len + [1] * n_ctx + [0] * (len(tail) - name_len)
             else:  # middle
-                body = ctx[:half] + name_ids + ctx[half:]
-                mask = [1] * half + [0] * len(name_ids) + [1] * (n_ctx - half)
-            seq = [self.tokenizer.sot_token_id] + body + self.dot_ids + [self.tokenizer.eot_token_id]
+                body = ctx[:half] + tail[:name_len] + ctx[half:] + tail[name_len:]
+                mask = [1] * half + [0] * name_len + [1] * (n_ctx - half) + [0] * (len(tail) - name_len)
+            seq = [self.tokenizer.sot_token_id] + body + [self.tokenizer.eot_token_id]
             ids[row, : len(seq)] = torch.tensor(seq)
             is_ctx[row, 1 : 1 + len(mask)] = torch.tensor(mask, dtype=torch.bool)
         if too_long:
             logger.warning("cut %d class names to %d tokens to fit the context: %s",
-                           len(too_long), limit, too_long[:10])
+                           len(too_long), limit - 1, too_long[:10])
         return ids, is_ctx
 
     def eot_index(self, ids: torch.Tensor) -> torch.Tensor:

@@ -139,3 +139,57 @@ def test_encode_ids_equals_open_clip_encode_text(tiny_clip):
         ours = PromptedTextEncoder(model, tokenizer).encode_ids(ids)
         ref = model.encode_text(ids)
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+
+
+PUNCTUATED = ["bow_(weapon)", "st. bernard", "mr. potato head!", "jack-o'-lantern", "a...", "cat",
+              "3.5 inch floppy"]
+
+
+def release_features(model, tokenizer, ctx: torch.Tensor, names, position: str) -> torch.Tensor:
+    """The POMP release's computation, over all 77 positions: tokenize the whole string
+    "X .. X {name}.", swap in the context by slicing (the release's prefix/ctx/suffix), and
+    read the feature at the argmax token of the whole string."""
+    n_ctx = ctx.shape[0]
+    texts = [" ".join(["X"] * n_ctx) + " " + n.replace("_", " ") + "." for n in names]
+    ids = tokenizer(texts)
+    emb = model.token_embedding(ids)
+    rows = []
+    for i, name in enumerate(names):
+        prefix, suffix = emb[i, :1], emb[i, 1 + n_ctx:]
+        name_len = len(tokenizer.encode(name.replace("_", " ")))
+        if position == "end":
+            parts = [prefix, ctx, suffix]
+        elif position == "middle":
+            half = n_ctx // 2
+            parts = [prefix, ctx[:half], suffix[:name_len], ctx[half:], suffix[name_len:]]
+        else:
+            parts = [prefix, suffix[:name_len], ctx, suffix[name_len:]]
+        rows.append(torch.cat(parts))
+    x = torch.stack(rows) + model.positional_embedding
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+    return x[torch.arange(len(names)), ids.argmax(dim=-1)] @ model.text_projection
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+@pytest.mark.parametrize("n_ctx", [4, 5])
+def test_punctuated_names_equal_the_whole_string_computation(tiny_clip, position, n_ctx):
+    model, tokenizer, _ = tiny_clip
+    torch.manual_seed(3)
+    prompt = PromptLearner(n_ctx=n_ctx, width=64, position=position, init_std=0.5)
+    with torch.no_grad():
+        ours = PromptedTextEncoder(model, tokenizer)(prompt, PUNCTUATED)
+        ref = release_features(model, tokenizer, prompt.ctx, PUNCTUATED, position)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
+    # the test can fail: tokenizing name and "." apart gives other tokens for these names
+    apart = [tokenizer.encode(n.replace("_", " ")) + tokenizer.encode(".") for n in PUNCTUATED]
+    whole = [tokenizer.encode(n.replace("_", " ") + ".") for n in PUNCTUATED]
+    assert sum(a != w for a, w in zip(apart, whole)) == 3  # bow_(weapon), potato head!, a...
+
+
+def test_whole_string_ids_with_context_placeholders_are_open_clips(tiny_clip):
+    """At the end position the ids are exactly open_clip's tokens of the whole string."""
+    model, tokenizer, _ = tiny_clip
+    enc = PromptedTextEncoder(model, tokenizer)
+    ids, is_ctx = enc.token_ids(PUNCTUATED, 4, "end")
+    assert torch.equal(ids, tokenizer(["X X X X " + n.replace("_", " ") + "." for n in PUNCTUATED]))
+    assert (is_ctx.sum(1) == 4).all() and is_ctx[:, 1:5].all()
