@@ -26,14 +26,17 @@ def class_embeddings(
     batch_size: int = 256,
     progress: Optional[bool] = None,
     truncate_names: bool = False,
+    allow_duplicates: bool = False,
 ) -> torch.Tensor:
     """Text features [C, D] of the vocabulary ``names`` (list, text file or COCO/LVIS json).
 
     Names are encoded in batches of similar token length so that each batch is cut
     short after its longest name; rows come back in vocabulary order. A progress bar
     shows for vocabularies of more than one batch unless ``progress=False``.
+    ``allow_duplicates``: repeated names are legal (classes indexed by label, as in
+    pre-training); by default they raise.
     """
-    names = load_vocabulary(names)
+    names = load_vocabulary(names, allow_duplicates)
     if prompt.class_specific and prompt.n_classes != len(names):
         raise ValueError(f"class-specific prompt has {prompt.n_classes} contexts but the "
                          f"vocabulary has {len(names)} names")

@@ -86,12 +86,12 @@ def encode_images(model: nn.Module, root: str | os.PathLike, items: Sequence[Tup
     """Unit-norm image features [n, D] of the readable items and their indices [n] into ``items``."""
     loader = DataLoader(ImageListDataset(root, items, transform), batch_size=batch_size,
                         num_workers=workers, collate_fn=collate_skipping)
-    device = next(model.parameters()).device
+    param = next(model.parameters())  # images in the model's dtype (an fp16 model takes fp16)
     feats, index, skipped = [], [], 0
     for batch in tqdm(loader, desc="image features", unit="batch", disable=not progress):
         skipped += int(batch["skipped"])
         if "images" in batch:
-            feats.append(F.normalize(model.encode_image(batch["images"][:, 0].to(device)).float(), dim=-1).cpu())
+            feats.append(F.normalize(model.encode_image(batch["images"][:, 0].to(param.device, param.dtype)).float(), dim=-1).cpu())
             index.append(batch["index"])
     if skipped:
         logger.warning("skipped %d unreadable or missing images under %s", skipped, root)

@@ -85,7 +85,8 @@ def test_unknown_config_keys_are_named():
 
 
 def test_lr_schedule_warmup_then_cosine():
-    cfg = load_config(None, ["optim.epochs=3", "optim.warmup_epochs=1", "optim.lr=0.002", "optim.warmup_lr=1e-5"])
+    cfg = load_config(None, ["optim.epochs=3", "optim.warmup_epochs=1", "optim.lr=0.002", "optim.warmup_lr=1e-5",
+                             "optim.schedule=step_cosine"])
     assert lr_at(0, 10, cfg) == lr_at(9, 10, cfg) == 1e-5
     assert lr_at(10, 10, cfg) == pytest.approx(0.002)
     assert lr_at(20, 10, cfg) == pytest.approx(0.001)

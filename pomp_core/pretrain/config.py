@@ -42,6 +42,7 @@ class DataConfig:
     views: int = 4  # augmented views per image
     image_size: int = 224
     augment: bool = True  # the recipe's augmentation; false = eval transform for every view
+    randaugment: str = "dassl"  # dassl (the release's randaugment2) | torchvision (RandAugment block at p=0.6)
     workers: int = 4  # DataLoader worker processes
     max_skipped: int = 1000  # unreadable images tolerated before the run fails
 
@@ -64,8 +65,11 @@ class OptimConfig:
     lr: float = 0.002
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    warmup_epochs: int = 1  # constant warmup_lr for this many epochs, then cosine to 0
+    warmup_epochs: int = 1  # constant warmup_lr for this many epochs, then cosine
     warmup_lr: float = 1e-5
+    # epoch_cosine: Dassl's (the release's) lr, fixed per epoch, cosine with T_max = epochs
+    #   restarted after the warmup (never reaches 0); step_cosine: cosine per step to 0 after the warmup
+    schedule: str = "epoch_cosine"
 
 
 @dataclass
@@ -73,7 +77,9 @@ class TrainConfig:
     output_dir: str = "output/pomp"
     seed: int = 1
     device: str = "auto"  # auto | cpu | cuda
-    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast
+    # fp32 | bf16 (autocast) | fp16 (autocast + grad scaler: the release's "amp") |
+    # fp16_weights (the release's default "fp16": CLIP and the prompt held in fp16, plain SGD; GPU only)
+    precision: str = "fp32"
     log_every: int = 20  # steps between metric lines (jsonl, TensorBoard)
     save_every: int = 500  # steps between checkpoints (also saved at each epoch end and on interrupt)
     max_steps: Optional[int] = None  # stop early after this many steps (smoke runs)

@@ -16,6 +16,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, DistributedSampler
 from torchvision import transforms as T
 
+from .augment import RandAugment2
+
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -143,12 +145,23 @@ def build_split_index(
     return index
 
 
-def train_transform(size: int = 224) -> Callable:
-    """The recipe's augmentation: random-resized-crop 0.08-1, flip, RandAugment 2 ops at p=0.6."""
+def train_transform(size: int = 224, randaugment: str = "dassl") -> Callable:
+    """The recipe's augmentation: random-resized-crop 0.08-1 (bicubic), flip, RandAugment, CLIP normalisation.
+
+    ``randaugment``: ``dassl`` is the release's ``randaugment2`` (each of 2 ops applied on
+    its own at p=0.6, random magnitude, Invert included; :mod:`.augment`); ``torchvision``
+    applies torchvision's ``RandAugment(num_ops=2)`` (magnitude 9, no Invert) as one block at p=0.6.
+    """
+    if randaugment == "dassl":
+        rand = RandAugment2(n=2, p=0.6)
+    elif randaugment == "torchvision":
+        rand = T.RandomApply([T.RandAugment(num_ops=2)], p=0.6)
+    else:
+        raise ValueError(f"data.randaugment must be 'dassl' or 'torchvision', got '{randaugment}'")
     return T.Compose([
         T.RandomResizedCrop(size, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC),
         T.RandomHorizontalFlip(),
-        T.RandomApply([T.RandAugment(num_ops=2)], p=0.6),
+        rand,
         T.ToTensor(),
         T.Normalize(CLIP_MEAN, CLIP_STD),
     ])

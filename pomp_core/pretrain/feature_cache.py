@@ -29,7 +29,7 @@ def build_feature_cache(trainer, images: ImageListDataset, folder: Path) -> Tupl
     """Features [n, cache_views, D] and a readable-image mask [n]; rank 0 computes, others wait."""
     cfg = trainer.cfg
     key = hashlib.sha1(json.dumps([cfg.model.name, cfg.model.pretrained, images.root.as_posix(), images.items,
-                                   cfg.train.cache_views, cfg.data.image_size, cfg.data.augment,
+                                   cfg.train.cache_views, cfg.data.image_size, cfg.data.augment, cfg.data.randaugment,
                                    cfg.train.seed]).encode()).hexdigest()[:16]
     path, valid_path = folder / f"{key}.npy", folder / f"{key}.valid.npy"
     if trainer.is_main and not path.is_file():

@@ -48,8 +48,21 @@ class PromptText(nn.Module):
 
 
 def lr_at(step: int, steps_per_epoch: int, cfg: PretrainConfig) -> float:
-    """Constant warmup_lr for warmup_epochs, then cosine from lr to 0 over the remaining steps."""
+    """The learning rate of ``step`` under ``optim.schedule``.
+
+    ``epoch_cosine`` (Dassl's ConstantWarmupScheduler over CosineAnnealingLR(T_max=epochs),
+    stepped once per epoch, recounted after the warmup): warmup_lr for warmup_epochs, then
+    ``lr/2 (1 + cos(pi (e - warmup_epochs) / epochs))`` for epoch e. ``step_cosine``:
+    warmup_lr for warmup_epochs, then cosine from lr to 0 over the remaining steps.
+    """
     o = cfg.optim
+    if o.schedule == "epoch_cosine":
+        epoch = step // steps_per_epoch
+        if epoch < o.warmup_epochs:
+            return o.warmup_lr
+        return 0.5 * o.lr * (1 + math.cos(math.pi * (epoch - o.warmup_epochs) / o.epochs))
+    if o.schedule != "step_cosine":
+        raise ValueError(f"optim.schedule must be epoch_cosine or step_cosine, got '{o.schedule}'")
     warmup = o.warmup_epochs * steps_per_epoch
     if step < warmup:
         return o.warmup_lr
@@ -90,10 +103,10 @@ class Pretrainer:
 
     def _autocast(self):
         p = self.cfg.train.precision
-        if p == "fp32":
+        if p in ("fp32", "fp16_weights"):  # fp16_weights: the model itself is in fp16
             return contextlib.nullcontext()
         if p not in ("bf16", "fp16"):
-            raise ValueError(f"train.precision must be fp32, bf16 or fp16, got '{p}'")
+            raise ValueError(f"train.precision must be fp32, bf16, fp16 or fp16_weights, got '{p}'")
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
 
     # ------------------------------------------------------------------ setup
@@ -114,9 +127,15 @@ class Pretrainer:
         self.num_classes = len(self.class_names)
         if cfg.sampling.k < 2:
             raise ValueError(f"sampling.k must be at least 2, got {cfg.sampling.k}")
+        lr_at(0, 1, cfg)  # an unknown optim.schedule fails here
+        half = cfg.train.precision == "fp16_weights"
+        if half and self.device.type != "cuda":
+            raise ValueError("train.precision=fp16_weights (the release's fp16) needs a GPU; "
+                             "use fp32 or bf16 on CPU")
 
         torch.manual_seed(cfg.train.seed)  # random-weight models (tests, smoke runs) are reproducible
-        self.model, self.tokenizer, _ = load_clip(cfg.model.name, cfg.model.pretrained, device=self.device)
+        self.model, self.tokenizer, _ = load_clip(cfg.model.name, cfg.model.pretrained, device=self.device,
+                                                  precision="fp16" if half else "fp32")
         if cfg.model.grad_checkpointing:
             text_tower(self.model).transformer.grad_checkpointing = True
         width = text_tower(self.model).width
@@ -126,7 +145,7 @@ class Pretrainer:
         else:
             prompt = PromptLearner(cfg.prompt.n_ctx, width, cfg.prompt.position,
                                    init_std=cfg.prompt.init_std, model_name=self.model.pomp_model_name)
-        self.prompt = prompt.to(self.device)
+        self.prompt = prompt.to(self.device, torch.float16 if half else torch.float32)
         self.encoder = PromptedTextEncoder(self.model, self.tokenizer)
         self.encoder.token_ids(self.class_names, prompt.n_ctx, prompt.position)  # every name fits?
         text = PromptText(self.prompt, self.encoder)
@@ -140,7 +159,7 @@ class Pretrainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.train.precision == "fp16"
                                            and self.device.type == "cuda")
 
-        transform = train_transform(d.image_size) if d.augment else eval_transform(d.image_size)
+        transform = train_transform(d.image_size, d.randaugment) if d.augment else eval_transform(d.image_size)
         images = ImageListDataset(index.root, index.train, transform, views=d.views, seed=cfg.train.seed)
         if cfg.train.feature_cache:
             cache = build_feature_cache(self, images, Path(cfg.train.feature_cache_dir or self.out / "feature_cache"))
@@ -204,12 +223,12 @@ class Pretrainer:
     def encode_all_classes(self) -> torch.Tensor:
         with self._autocast():
             return class_embeddings(self.model, self.tokenizer, self.prompt, self.class_names,
-                                    normalize=True, progress=False)
+                                    normalize=True, progress=False, allow_duplicates=True)
 
     def image_features(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
         if batch["images"].dim() == 3:  # cached features [b, V, D], not pixels [b, V, 3, H, W]
             return batch["images"].flatten(0, 1).to(self.device).float()
-        images = batch["images"].flatten(0, 1).to(self.device, non_blocking=True)
+        images = batch["images"].flatten(0, 1).to(self.device, self.prompt.ctx.dtype, non_blocking=True)
         with torch.no_grad(), self._autocast():
             return self.model.encode_image(images).float()
 
