@@ -9,7 +9,7 @@ Public API::
 from .clip_loader import load_clip, resolve_model_name
 from .embeddings import class_embeddings, save_embeddings
 from .prompt import PromptLearner
-from .prompt_io import load_prompt, save_prompt
+from .prompt_io import load_prompt, save_prompt, save_release_prompt
 from .text_encoder import PromptedTextEncoder, text_tower
 from .vocabulary import load_vocabulary
 
@@ -23,5 +23,6 @@ __all__ = [
     "resolve_model_name",
     "save_embeddings",
     "save_prompt",
+    "save_release_prompt",
     "text_tower",
 ]

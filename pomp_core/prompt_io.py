@@ -1,6 +1,7 @@
 """Prompt files: this project's format (with metadata) and the POMP release's ``.pth.tar``."""
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 
 from .prompt import POSITIONS, PromptLearner
 
+logger = logging.getLogger(__name__)
 FORMAT = "pomp-prompt"
 FORMAT_VERSION = 1
 
@@ -39,6 +41,34 @@ def save_prompt(prompt: PromptLearner, path: str | os.PathLike, **extra: Any) ->
     return path
 
 
+def save_release_prompt(prompt: PromptLearner, directory: str | os.PathLike, epoch: int,
+                        dtype: torch.dtype = torch.float16, best: bool = False) -> Path:
+    """Write ``prompt`` where the POMP release's ``load_model(directory, epoch)`` reads it.
+
+    Layout of Dassl's ``save_checkpoint``: ``<directory>/prompt_learner/model.pth.tar-<epoch>``
+    holding ``{"state_dict": {"ctx": …}, "epoch": epoch, "optimizer": None, "scheduler": None,
+    "val_result": None}`` and a ``checkpoint`` file naming it; ``best`` also writes
+    ``model-best.pth.tar`` (what ``load_model`` reads without an epoch). ``dtype`` is the
+    release's ctx dtype: float16 under its default ``PREC: fp16``, float32 under fp32/amp.
+    Only tensors and plain values are stored, so a safe (weights-only) load reads it.
+    """
+    if prompt.position != "end":  # the release's checkpoints do not carry it
+        logger.warning("prompt trained with position='%s': run the release with "
+                       "TRAINER.POMP.CLASS_TOKEN_POSITION %s", prompt.position, prompt.position)
+    folder = Path(directory) / "prompt_learner"
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"state_dict": {"ctx": prompt.ctx.detach().cpu().to(dtype)}, "epoch": int(epoch),
+               "optimizer": None, "scheduler": None, "val_result": None}
+    path = folder / f"model.pth.tar-{int(epoch)}"
+    names = [path.name] + (["model-best.pth.tar"] if best else [])
+    for name in names:
+        tmp = folder / (name + ".tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, folder / name)
+    (folder / "checkpoint").write_text(path.name + "\n")
+    return path
+
+
 def _read(path: Path, trusted: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
@@ -48,6 +78,14 @@ def _read(path: Path, trusted: bool) -> Any:
             "if you trust the file, load it with trusted=True") from err
     except (RuntimeError, EOFError) as err:
         raise ValueError(f"{path} is not a readable torch file (truncated or corrupt?): {err}") from err
+
+
+def read_extra(path: str | os.PathLike, trusted: bool = False) -> Dict[str, Any]:
+    """The values stored alongside a prompt (``extra`` of ours; ``epoch`` of a release checkpoint)."""
+    data = _read(Path(path), trusted)
+    if isinstance(data, dict) and data.get("format") == FORMAT:
+        return dict(data.get("extra", {}))
+    return {"epoch": data["epoch"]} if isinstance(data, dict) and "epoch" in data else {}
 
 
 def load_prompt(path: str | os.PathLike, trusted: bool = False,

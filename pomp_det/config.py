@@ -11,6 +11,9 @@ def add_pomp_det_config(cfg: CN) -> None:
     # then cached on disk under CACHE_DIR (keyed by model, prompt and names).
     cfg.MODEL.POMP.PROMPT = ""
     cfg.MODEL.POMP.PROMPT_WORDS = ""  # e.g. "a photo of a": a hand-crafted prompt instead
+    # Unpickle PROMPT fully (a raw Dassl checkpoint of the release pickles its scheduler);
+    # only for files you trust: unpickling runs code.
+    cfg.MODEL.POMP.PROMPT_TRUSTED = False
     cfg.MODEL.POMP.CLIP_MODEL = "ViT-B-16-quickgelu"
     cfg.MODEL.POMP.CLIP_PRETRAINED = "openai"  # open_clip tag or a local checkpoint file
     # Names for the computed embeddings: a list source understood by pomp_core.load_vocabulary

@@ -34,7 +34,8 @@ def _file_digest(path: str) -> str:
 
 def encode_vocabulary(names: Sequence[str], clip_model: str, clip_pretrained: str,
                       prompt: str = "", prompt_words: str = "",
-                      cache_dir: Optional[str] = "~/.cache/pomp/embeddings") -> torch.Tensor:
+                      cache_dir: Optional[str] = "~/.cache/pomp/embeddings",
+                      prompt_trusted: bool = False) -> torch.Tensor:
     """[C, D] text embeddings (not normalised) of ``names`` with a prompt file or words.
 
     The result is cached under ``cache_dir`` keyed by the model, the checkpoint and prompt
@@ -56,7 +57,7 @@ def encode_vocabulary(names: Sequence[str], clip_model: str, clip_pretrained: st
         if cache.is_file():
             return load_embedding_file(cache)
     model, tokenizer, _ = pomp_core.load_clip(clip_model, pretrained=clip_pretrained or None)
-    learner = (pomp_core.load_prompt(prompt) if prompt
+    learner = (pomp_core.load_prompt(prompt, trusted=prompt_trusted) if prompt
                else pomp_core.PromptLearner.from_words(prompt_words, model, tokenizer))
     emb = pomp_core.class_embeddings(model, tokenizer, learner, names, normalize=False)
     if cache is not None:
@@ -102,4 +103,4 @@ def embeddings_from_config(cfg, names: Optional[Sequence[str]] = None) -> torch.
         train = cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else None
         names = vocabulary_names(p.VOCABULARY, train)
     return encode_vocabulary(names, p.CLIP_MODEL, p.CLIP_PRETRAINED, p.PROMPT, p.PROMPT_WORDS,
-                             p.CACHE_DIR)
+                             p.CACHE_DIR, p.PROMPT_TRUSTED)

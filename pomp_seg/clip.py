@@ -26,15 +26,16 @@ def build_clip(name: str, pretrained: Optional[str] = None) -> Tuple[nn.Module, 
 
 
 def build_prompt(prompt: Optional[str], model: nn.Module, tokenizer: Callable,
-                 init_words: Optional[str] = None) -> PromptLearner:
-    """The POMP prompt file ``prompt``, or (without one) a prompt initialised from ``init_words``."""
+                 init_words: Optional[str] = None, trusted: bool = False) -> PromptLearner:
+    """The POMP prompt file ``prompt``, or (without one) a prompt initialised from ``init_words``.
+    ``trusted`` unpickles the file fully (a raw Dassl checkpoint pickles its scheduler)."""
     if prompt:
         if not os.path.isfile(prompt):
             raise FileNotFoundError(
                 f"prompt file '{prompt}' does not exist: pass a POMP prompt (tools/pretrain.py "
                 "output or the release's .pth.tar), a stage-(a) prompt (work_dir/prompt.pth), "
                 "or set prompt=None with init_words='a photo of a'.")
-        return pomp_core.load_prompt(prompt)
+        return pomp_core.load_prompt(prompt, trusted=trusted)
     if not init_words:
         raise ValueError("no prompt: set prompt='path/to/prompt.pth' or init_words='a photo of a'")
     return PromptLearner.from_words(init_words, model, tokenizer)

@@ -34,11 +34,13 @@ class PromptTuner(BaseModel):
         min_pixels: masks smaller than this are not cropped.
         min_crop_size: grow crop boxes to at least this many pixels (0 = the tight box,
             as in ZSSeg; see :func:`pomp_seg.crop_classifier.masked_crops`).
+        prompt_trusted: unpickle the prompt file fully (raw Dassl checkpoints); trusted files only.
     """
 
     def __init__(self, class_split: str, clip_model: str = "ViT-B-16",
                  clip_pretrained: Optional[str] = "openai", prompt: Optional[str] = None,
                  init_words: Optional[str] = None, min_pixels: int = 16, min_crop_size: int = 0,
+                 prompt_trusted: bool = False,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         classes, unseen = resolve_split(class_split)
@@ -47,7 +49,7 @@ class PromptTuner(BaseModel):
         self._lut = {c: k for k, c in enumerate(self.seen)}  # dataset label -> seen-list index
         clip, tokenizer = build_clip(clip_model, clip_pretrained)
         self.clip = clip
-        self.prompt = build_prompt(prompt, clip, tokenizer, init_words)
+        self.prompt = build_prompt(prompt, clip, tokenizer, init_words, prompt_trusted)
         self.prompt.requires_grad_(True)
         self.text = PromptedTextEncoder(clip, tokenizer)
         self.crops = CLIPCropClassifier(clip, min_crop_size=min_crop_size)

@@ -48,6 +48,7 @@ class POMPTextEncoder(BaseModule):
         dataset_name / vocabulary: the class names, as in ``CLIPTextEncoder``.
         clip_model / clip_pretrained: open_clip architecture and weights (tag or file).
         prompt: a prompt file; without one the prompt is initialised from ``init_words``.
+        prompt_trusted: unpickle the prompt file fully (raw Dassl checkpoints); trusted files only.
         cache_feature: cache the features of the frozen prompt per class name.
         cat_bg: append a learned background embedding (as ``CLIPTextEncoder`` does for SAN).
         clip: an already loaded ``(model, tokenizer)`` to share, instead of loading one.
@@ -56,14 +57,14 @@ class POMPTextEncoder(BaseModule):
     def __init__(self, dataset_name: Optional[str] = None,
                  vocabulary: Optional[str | Sequence[str]] = None,
                  clip_model: str = "ViT-B-16", clip_pretrained: Optional[str] = "openai",
-                 prompt: Optional[str] = None, init_words: Optional[str] = None,
+                 prompt: Optional[str] = None, init_words: Optional[str] = None, prompt_trusted: bool = False,
                  cache_feature: bool = True, cat_bg: bool = False,
                  clip: Optional[tuple] = None, init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         self.class_names = vocabulary_names(dataset_name, vocabulary)
         model, tokenizer = clip if clip is not None else build_clip(clip_model, clip_pretrained)
         self.clip = model
-        self.prompt = build_prompt(prompt, model, tokenizer, init_words)
+        self.prompt = build_prompt(prompt, model, tokenizer, init_words, prompt_trusted)
         self.prompt.requires_grad_(False)
         self.encoder = PromptedTextEncoder(model, tokenizer)
         self.cache_feature = cache_feature

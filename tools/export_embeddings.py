@@ -35,6 +35,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--truncate-names", action="store_true", help="cut names too long for the context")
+    p.add_argument("--trusted", action="store_true",
+                   help="unpickle the prompt file fully (a raw Dassl checkpoint); only for files you trust")
     return p.parse_args(argv)
 
 
@@ -42,7 +44,7 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
     args = parse_args(argv)
     model, tokenizer, _ = pomp_core.load_clip(args.model, pretrained=args.pretrained, device=args.device)
     if args.prompt:
-        prompt = pomp_core.load_prompt(args.prompt)
+        prompt = pomp_core.load_prompt(args.prompt, trusted=args.trusted)
     else:
         prompt = pomp_core.PromptLearner.from_words(args.init_words, model, tokenizer)
     names = pomp_core.load_vocabulary(args.vocabulary)

@@ -332,7 +332,8 @@ class Pretrainer:
                 log.close()
         final = self.out / "prompt.pth"
         if self.is_main:
-            save_prompt(self.prompt, final, step=self.step, num_classes=self.num_classes,
+            save_prompt(self.prompt, final, step=self.step, epoch=math.ceil(self.step / self.steps_per_epoch),
+                        num_classes=self.num_classes,
                         k=cfg.sampling.k, correction=cfg.sampling.correction)
             plot = plot_curves(self.out / "metrics.jsonl", self.out / "training_curves.png",
                                title=f"POMP {cfg.model.name}, M={self.prompt.n_ctx}, K={cfg.sampling.k}, "
