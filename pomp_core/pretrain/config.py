@@ -35,8 +35,13 @@ class DataConfig:
     names_file: Optional[str] = None  # '<folder> <name>' lines, or one name per sorted folder
     miil_tree: Optional[str] = None  # MIIL imagenet21k_miil_tree.pth (class_description)
     wordnet: bool = False  # names from nltk's WordNet (first lemma per wnid)
+    # '<wnid>\t<lemma>, …' file, first lemma per wnid (MIIL's naming); 'timm' = timm's
+    # data/_info/imagenet_synset_to_lemma.txt, so the real data needs no MIIL tree file
+    lemmas: Optional[str] = None
+    trusted: bool = False  # unpickle data.miil_tree fully (only for files you trust)
     shots: int = 16  # training images per class (classes with fewer keep all)
-    val_per_class: int = 0  # held-out validation images per class (0 = no validation)
+    val_per_class: int = 0  # held-out validation images per class (0 = no validation; with val_root: 0 = all)
+    val_root: Optional[str] = None  # separate validation folders (MIIL's imagenet21k_val), same class folders
     split_seed: int = 42  # seed of the few-shot subsample
     index_cache: Optional[str] = None  # folder for the cached split index (default: the root)
     views: int = 4  # augmented views per image
@@ -87,6 +92,8 @@ class TrainConfig:
     cache_views: int = 8  # augmented views per image held in the feature cache
     feature_cache_dir: Optional[str] = None  # where caches live (default <output_dir>/feature_cache); shareable
     tensorboard: bool = True
+    dist_timeout_s: float = 1800.0  # process-group timeout of the training collectives (torch's default)
+    rank0_wait_s: float = 86400.0  # how long other ranks wait for rank 0's scans, feature cache, validation
 
 
 @dataclass

@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 import re
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ def read_class_names(
     names_file: Optional[str | os.PathLike] = None,
     miil_tree: Optional[str | os.PathLike] = None,
     wordnet: bool = False,
+    lemmas: Optional[str | os.PathLike] = None,
+    trusted: bool = False,
 ) -> List[str]:
     """One name per class folder, from exactly one source.
 
@@ -50,10 +53,13 @@ def read_class_names(
       name per line in sorted-folder order when the lines carry no folder ids;
     * ``miil_tree``: MIIL's ``imagenet21k_miil_tree.pth`` (``class_description`` per wnid);
     * ``wordnet``: the first lemma of each wnid's synset (needs nltk's wordnet data);
+    * ``lemmas``: ``<wnid>\t<lemma>, <lemma>, …`` lines, first lemma per wnid (MIIL's
+      ``class_description`` naming): timm's ``data/_info/imagenet_synset_to_lemma.txt``,
+      or ``"timm"`` for the copy installed with timm, so no MIIL tree file is needed;
     * none: the folder names themselves (underscores read as spaces).
     """
-    if sum(map(bool, (names_file, miil_tree, wordnet))) > 1:
-        raise ValueError("give at most one of names_file, miil_tree and wordnet")
+    if sum(map(bool, (names_file, miil_tree, wordnet, lemmas))) > 1:
+        raise ValueError("give at most one of names_file, miil_tree, wordnet and lemmas")
     if names_file:
         path = Path(names_file)
         if not path.is_file():
@@ -69,10 +75,16 @@ def read_class_names(
                 f"{path} has {len(lines)} lines for {len(folders)} class folders: write one "
                 "'<folder> <name>' line per folder, or exactly one name per folder in sorted order")
     elif miil_tree:
-        tree = torch.load(miil_tree, map_location="cpu", weights_only=False)
+        try:
+            tree = torch.load(miil_tree, map_location="cpu", weights_only=not trusted)
+        except pickle.UnpicklingError as err:
+            raise ValueError(f"{miil_tree} holds objects a safe load refuses; if you trust the file, "
+                             "set data.trusted=true (unpickling runs code)") from err
         if not isinstance(tree, dict) or "class_description" not in tree:
             raise ValueError(f"{miil_tree} is not MIIL's imagenet21k tree (no 'class_description')")
         mapping = dict(tree["class_description"])
+    elif lemmas:
+        mapping = read_lemmas(lemmas)
     elif wordnet:
         from nltk.corpus import wordnet as wn  # optional dependency
 
@@ -87,6 +99,31 @@ def read_class_names(
     return [mapping[f].replace("_", " ").strip() for f in folders]
 
 
+def timm_info_file(name: str) -> Path:
+    """A file of timm's ``data/_info`` (ImageNet synset lists shipped with timm)."""
+    import timm.data
+
+    path = Path(timm.data.__file__).parent / "_info" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"timm {timm.__version__} ships no data/_info/{name}")
+    return path
+
+
+def read_lemmas(source: str | os.PathLike) -> Dict[str, str]:
+    """wnid -> first lemma from ``<wnid>\t<lemma>, <lemma>, …`` lines (``"timm"``: timm's copy)."""
+    path = timm_info_file("imagenet_synset_to_lemma.txt") if str(source) == "timm" else Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"lemma file '{path}' does not exist (data.lemmas=timm reads timm's copy)")
+    mapping = {}
+    for line in path.read_text().splitlines():
+        wnid, _, lemma_list = line.partition("\t")
+        if lemma_list:
+            mapping[wnid.strip()] = lemma_list.split(",")[0].strip()
+    if not mapping:
+        raise ValueError(f"{path} has no '<wnid>\\t<lemmas>' lines")
+    return mapping
+
+
 @dataclass
 class SplitIndex:
     """Relative image paths and labels of a few-shot train split and a held-out val split."""
@@ -95,6 +132,7 @@ class SplitIndex:
     classes: List[str]
     train: List[Tuple[str, int]]
     val: List[Tuple[str, int]]
+    val_root: Optional[str] = None  # where the val paths are relative to (default: root)
 
 
 def build_split_index(
@@ -103,20 +141,27 @@ def build_split_index(
     val_per_class: int = 0,
     seed: int = 42,
     cache_dir: Optional[str | os.PathLike] = None,
+    val_root: Optional[str | os.PathLike] = None,
 ) -> SplitIndex:
     """Pick ``shots`` training images per class (all of them for smaller classes) and
     ``val_per_class`` held-out ones, seeded.
 
+    ``val_root`` (MIIL's separate ``imagenet21k_val``, same class folders): validation
+    images come from there instead (``val_per_class`` of each class, all when 0) and
+    nothing is held out of ``root``.
+
     Scanning millions of files takes long, so the result is cached as a small json
-    (keyed by root, shots, val_per_class and seed) and reused on restart.
+    (keyed by root, shots, val_per_class, seed and val_root) and reused on restart.
     """
     root = Path(root).resolve()
-    key = hashlib.sha1(f"{root}|{shots}|{val_per_class}|{seed}".encode()).hexdigest()[:12]
+    val_root = Path(val_root).resolve() if val_root else None
+    tag = f"{root}|{shots}|{val_per_class}|{seed}" + (f"|{val_root}" if val_root else "")
+    key = hashlib.sha1(tag.encode()).hexdigest()[:12]
     cache = Path(cache_dir or root) / f".pomp_index_{key}.json"
     if cache.is_file():
         data = json.loads(cache.read_text())
         return SplitIndex(str(root), data["classes"], [tuple(x) for x in data["train"]],
-                          [tuple(x) for x in data["val"]])
+                          [tuple(x) for x in data["val"]], data.get("val_root"))
     folders = list_class_folders(root)
     rng = random.Random(seed)
     train, val, empty = [], [], []
@@ -127,22 +172,42 @@ def build_split_index(
             empty.append(folder)
             continue
         rng.shuffle(files)
-        held = files[:val_per_class] if len(files) > val_per_class else []
+        held = files[:val_per_class] if len(files) > val_per_class and not val_root else []
         rest = files[len(held):]
         train += [(f"{folder}/{f}", label) for f in rest[:shots]]
         val += [(f"{folder}/{f}", label) for f in held]
     if empty:
         raise ValueError(f"{len(empty)} class folders hold no images, e.g. {empty[:5]}: "
                          "remove them or add images before training")
-    index = SplitIndex(str(root), folders, train, val)
+    if val_root:
+        val = _separate_val(val_root, folders, val_per_class, rng)
+    index = SplitIndex(str(root), folders, train, val, str(val_root) if val_root else None)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.name + ".tmp")
-        tmp.write_text(json.dumps({"classes": folders, "train": train, "val": val}))
+        tmp.write_text(json.dumps({"classes": folders, "train": train, "val": index.val,
+                                   "val_root": index.val_root}))
         os.replace(tmp, cache)
     except OSError as err:  # a read-only dataset root still trains, just rescans
         logger.warning("could not cache the split index at %s: %s", cache, err)
     return index
+
+
+def _separate_val(val_root: Path, folders: List[str], per_class: int,
+                  rng: random.Random) -> List[Tuple[str, int]]:
+    """Validation items of a separate folder-per-class root labelled by the training folders."""
+    label = {f: i for i, f in enumerate(folders)}
+    val_folders = list_class_folders(val_root)
+    unknown = [f for f in val_folders if f not in label]
+    if unknown:
+        raise ValueError(f"{len(unknown)} folders of data.val_root are not training classes, e.g. "
+                         f"{unknown[:5]}: point data.val_root at the validation split of data.root")
+    val = []
+    for folder in val_folders:
+        files = sorted(f.name for f in (val_root / folder).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+        rng.shuffle(files)
+        val += [(f"{folder}/{f}", label[folder]) for f in (files[:per_class] if per_class else files)]
+    return val
 
 
 def train_transform(size: int = 224, randaugment: str = "dassl") -> Callable:

@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -86,7 +87,11 @@ class Pretrainer:
         use_cuda = torch.cuda.is_available() if want == "auto" else want == "cuda"
         self.device = torch.device(f"cuda:{self.local_rank}" if use_cuda else "cpu")
         if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if use_cuda else "gloo")
+            dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=cfg.train.dist_timeout_s))
+        # Rank 0's long work (scanning the image folders, the feature cache, validation) is
+        # waited for in this group, not inside a training collective with dist_timeout_s.
+        self._wait_group = dist.new_group(backend="gloo", timeout=timedelta(seconds=cfg.train.rank0_wait_s)) \
+            if self.world > 1 else None
         if use_cuda:
             torch.cuda.set_device(self.device)
         self.out = Path(cfg.train.output_dir)
@@ -99,7 +104,7 @@ class Pretrainer:
 
     def _barrier(self) -> None:
         if self.world > 1:
-            dist.barrier()
+            dist.barrier(group=self._wait_group)
 
     def _autocast(self):
         p = self.cfg.train.precision
@@ -117,13 +122,13 @@ class Pretrainer:
         if not d.root:
             raise ValueError("data.root is not set: pass data.root=/path/to/class/folders "
                              "(one folder of images per class)")
-        index = build_split_index(d.root, d.shots, d.val_per_class, d.split_seed, d.index_cache) \
+        index = build_split_index(d.root, d.shots, d.val_per_class, d.split_seed, d.index_cache, d.val_root) \
             if self.is_main else None
         self._barrier()
         if not self.is_main:  # read the index rank 0 cached
-            index = build_split_index(d.root, d.shots, d.val_per_class, d.split_seed, d.index_cache)
+            index = build_split_index(d.root, d.shots, d.val_per_class, d.split_seed, d.index_cache, d.val_root)
         self.index = index
-        self.class_names = read_class_names(index.classes, d.names_file, d.miil_tree, d.wordnet)
+        self.class_names = read_class_names(index.classes, d.names_file, d.miil_tree, d.wordnet, d.lemmas, d.trusted)
         self.num_classes = len(self.class_names)
         if cfg.sampling.k < 2:
             raise ValueError(f"sampling.k must be at least 2, got {cfg.sampling.k}")
@@ -265,7 +270,7 @@ class Pretrainer:
         if not self.index.val or not self.is_main:
             return None
         with self._autocast():
-            feats, labels = image_features(self.model, self.index.root, self.index.val,
+            feats, labels = image_features(self.model, self.index.val_root or self.index.root, self.index.val,
                                            eval_transform(self.cfg.data.image_size), batch_size=64,
                                            workers=self.cfg.data.workers)
         return top1(feats, labels, self.encode_all_classes().float())
@@ -319,6 +324,7 @@ class Pretrainer:
                     if top1 is not None and log:
                         log.log(self.step, {"val_top1": top1, "epoch": epoch})
                         logger.info("epoch %d: val top-1 over %d classes %.2f%%", epoch, self.num_classes, 100 * top1)
+                    self._barrier()  # the other ranks wait for rank 0's validation here
         except KeyboardInterrupt:
             path = self.save_checkpoint()
             if path:
