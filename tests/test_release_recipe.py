@@ -120,3 +120,18 @@ def test_fp16_weights_needs_a_gpu(tmp_path):
                              "train.device=cpu", "train.precision=fp16_weights"])
     with pytest.raises(ValueError, match="fp16_weights .* needs a GPU"):
         Pretrainer(cfg).setup()
+
+
+def test_repeated_names_policy(tiny_clip):
+    """Label-indexed vocabularies (training) allow repeats; name-labelled ones reject them."""
+    import pomp_core
+
+    model, tokenizer, _ = tiny_clip
+    prompt = pomp_core.PromptLearner(n_ctx=4, width=64, init_std=0.3)
+    names = ["crane", "bow (weapon)", "crane", "cat"]
+    with pytest.raises(ValueError, match=r"repeats class names \['crane'\] \(1 in all\).*Rename them apart"):
+        pomp_core.class_embeddings(model, tokenizer, prompt, names)
+    emb = pomp_core.class_embeddings(model, tokenizer, prompt, names, allow_duplicates=True)
+    torch.testing.assert_close(emb[0], emb[2])
+    assert (emb[0] - emb[1]).abs().max() > 1e-3
+    assert pomp_core.load_vocabulary("a,b,a", allow_duplicates=True) == ["a", "b", "a"]
