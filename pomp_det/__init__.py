@@ -6,14 +6,11 @@ import os
 from . import compat, meta_arch, roi_heads, tiny_backbone  # noqa: F401  (side effects: registries, _C build info)
 from .cfg_loader import get_pomp_cfg, load_pomp_cfg
 from .config import add_pomp_det_config
-from .data.image_labels import register_builtin_image_labels
-from .data.lvis import register_builtin_norare, register_builtin_objects365
+from .data.builtin import register_builtin
 from .vocabulary import set_vocabulary
 
 # Next to detectron2's builtin LVIS (same root convention: $DETECTRON2_DATASETS or ./datasets).
 _root = os.getenv("DETECTRON2_DATASETS", "datasets")
-register_builtin_norare(_root)
-register_builtin_image_labels(_root)
-register_builtin_objects365(_root)
+register_builtin(_root)  # next to Detic's, when Detic is there (pomp_det/data/builtin.py)
 
 __all__ = ["add_pomp_det_config", "get_pomp_cfg", "load_pomp_cfg", "set_vocabulary"]

@@ -12,12 +12,14 @@ from detectron2 import model_zoo
 from detectron2.config import CfgNode, get_cfg
 
 from .config import add_pomp_det_config
+from .detic_keys import flatten, translate
 
 ZOO_PREFIX = "zoo:"
 
 
 class PompCfgNode(CfgNode):
-    """detectron2's CfgNode whose ``_BASE_`` also accepts ``zoo:<model-zoo config name>``."""
+    """detectron2's CfgNode whose ``_BASE_`` also accepts ``zoo:<model-zoo config name>``, and
+    which reads Detic's config keys as their pomp_det equivalents (pomp_det/detic_keys.py)."""
 
     @classmethod
     def load_yaml_with_base(cls, filename, allow_unsafe: bool = False):
@@ -26,6 +28,31 @@ class PompCfgNode(CfgNode):
             # fvcore has joined the base onto the including file's folder: keep what follows
             name = model_zoo.get_config_file(name.split(ZOO_PREFIX, 1)[1])
         return super().load_yaml_with_base(name, allow_unsafe=allow_unsafe)
+
+    def merge_from_other_cfg(self, cfg_other):
+        # Detic's keys (e.g. from a Detic config) become ours, or are refused with the reason
+        nested: dict = {}
+        for key, value in translate(flatten(dict(_plain(cfg_other)))).items():
+            node = nested
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        return super().merge_from_other_cfg(type(self)(nested))
+
+    def merge_from_list(self, cfg_list):
+        if len(cfg_list) % 2:
+            return super().merge_from_list(cfg_list)  # detectron2's own error
+        pairs = list(zip(cfg_list[0::2], cfg_list[1::2]))
+        out = []
+        for key, value in pairs:
+            for k, v in translate({key: self._decode_cfg_value(value)}).items():
+                out += [k, v]
+        return super().merge_from_list(out)
+
+
+def _plain(node):
+    return {k: _plain(v) if isinstance(v, dict) else v for k, v in node.items()}
 
 
 def get_pomp_cfg() -> PompCfgNode:

@@ -30,20 +30,32 @@ def add_pomp_det_config(cfg: CN) -> None:
     # p = 0.01 (the focal-loss prior): with sigmoid cross-entropy each class column then starts
     # at "absent", as nearly all proposals are for nearly all classes, instead of at
     # T x cosine (+-T / sqrt(D)), whose large positive logits dominate the first iterations.
-    # On the synthetic world (docs/detection.md) it raised novel AP from 4 to 12 in one run.
-    cfg.MODEL.POMP.USE_BIAS = True
+    # On the synthetic world (docs/detection.md) it raised novel AP from 4 to 12 in one run, so
+    # the world configs turn it on; Detic has no bias, and neither does the default.
+    cfg.MODEL.POMP.USE_BIAS = False
     cfg.MODEL.POMP.BIAS_INIT = -4.6
     # Losses: sigmoid cross-entropy, federated over the present classes + sampled ones.
     cfg.MODEL.POMP.USE_SIGMOID_CE = True
     cfg.MODEL.POMP.USE_FED_LOSS = True
     cfg.MODEL.POMP.FED_LOSS_NUM_CLASSES = 50
     cfg.MODEL.POMP.FED_LOSS_FREQ_WEIGHT = 0.5  # sampling prob ~ image_count ** this
+    # Where the image counts come from: "cat_info" (Detic): CAT_FREQ_PATH, a category-info
+    # file of the full training set (rare classes included; written by
+    # `python -m pomp_det.data.category_counts`), or detectron2's builtin LVIS v1 counts (after 0.6) when
+    # that file is absent and the vocabulary is LVIS v1's 1,203 classes; "train_boxes": counted
+    # from the boxes of DATASETS.TRAIN (on a *_norare split the rare classes are never drawn).
+    cfg.MODEL.POMP.FED_LOSS_WEIGHTS = "cat_info"
+    cfg.MODEL.POMP.CAT_FREQ_PATH = "datasets/metadata/lvis_v1_train_cat_info.json"
+    # Class-agnostic box regression with Detic's 2-layer MLP (Linear-ReLU-Linear); False =
+    # detectron2's single Linear.
+    cfg.MODEL.POMP.BOX_REG_MLP = True
     # Test score = sqrt(classification * objectness).
     cfg.MODEL.POMP.MULT_PROPOSAL_SCORE = True
     # Vocabulary at test time: "" = the training one; "dataset" = each test dataset's
     # thing_classes (needs a prompt or CLIP source, not a fixed .npy); or an .npy / names source.
     cfg.MODEL.POMP.TEST_VOCABULARY = ""
-    # Detic-style image labels: BCE on the largest of the top-K proposals, weighted.
+    # Detic-style image labels on the top-K proposals (Detic's WS_NUM_PROPS), per label a
+    # one-hot BCE on one proposal: "max_size" (the largest) or "max_score" (the label's best).
     cfg.MODEL.POMP.IMAGE_LABEL_LOSS = "max_size"
     cfg.MODEL.POMP.IMAGE_LABEL_WEIGHT = 0.1
     cfg.MODEL.POMP.IMAGE_LABEL_TOPK = 128
@@ -53,5 +65,16 @@ def add_pomp_det_config(cfg: CN) -> None:
     cfg.DATALOADER.DATASET_RATIO = [1, 1]  # sampling ratio between datasets
     cfg.DATALOADER.DATASET_BATCH_SIZE = [2, 2]  # images per batch (per GPU) of each dataset
     cfg.DATALOADER.DATASET_ANN_TYPE = ["box", "image"]  # "box" or "image" labels
+    cfg.DATALOADER.USE_RFS = [False, False]  # repeat-factor sampling within each dataset (Detic's key)
+    # Per-dataset augmentation: "resize_scale_crop" (Detic's EfficientDetResizeCrop: fit in a
+    # square of INPUT_SIZE x a scale in INPUT_SCALE, random crop) or "resize_shortest_edge"
+    # (detectron2's, MIN_SIZE / MAX_SIZE). Both then flip.
+    cfg.INPUT.DATASET_AUG = "resize_shortest_edge"
+    cfg.INPUT.DATASET_INPUT_SIZE = [640, 320]
+    cfg.INPUT.DATASET_INPUT_SCALE = [[0.1, 2.0], [0.5, 1.5]]
     cfg.INPUT.DATASET_MIN_SIZE = [640, 320]  # training shortest edge of each dataset
     cfg.INPUT.DATASET_MAX_SIZE = [1066, 533]
+
+    # DistributedDataParallel(find_unused_parameters=...): image-label batches leave the box
+    # regressor and the mask head without gradient (Detic's key and default).
+    cfg.FIND_UNUSED_PARAM = True

@@ -14,6 +14,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+# Short names for the demo and configs -> a registered dataset whose classes are used.
+BUILTIN_VOCABULARIES = {"lvis": "lvis_v1_val", "coco": "coco_2017_val"}
+
 
 def load_embedding_file(path: str | os.PathLike) -> torch.Tensor:
     """[C, D] float tensor from a ``.npy`` (Detic's format: float16, rows not normalised)."""
@@ -61,7 +64,9 @@ def encode_vocabulary(names: Sequence[str], clip_model: str, clip_pretrained: st
                else pomp_core.PromptLearner.from_words(prompt_words, model, tokenizer))
     emb = pomp_core.class_embeddings(model, tokenizer, learner, names, normalize=False)
     if cache is not None:
-        save_embeddings(emb, cache, fmt="detic")
+        # every rank of a multi-process run may encode at once: a file of its own, then rename
+        mine = save_embeddings(emb, cache.with_name(f"{cache.stem}.{os.getpid()}.npy"), fmt="detic")
+        os.replace(mine, cache)
         logger.info("cached %d class embeddings in %s", len(names), cache)
     return emb.float()
 
@@ -78,6 +83,11 @@ def vocabulary_names(source: str, dataset: Optional[str] = None) -> List[str]:
     from detectron2.data import MetadataCatalog
 
     if source:
+        from detectron2.data import DatasetCatalog
+
+        source_dataset = BUILTIN_VOCABULARIES.get(source, source)
+        if source_dataset in DatasetCatalog.list():
+            return vocabulary_names("", source_dataset)
         return pomp_core.load_vocabulary(source)
     if not dataset:
         raise ValueError("no vocabulary: set MODEL.POMP.VOCABULARY or DATASETS.TRAIN")
@@ -95,7 +105,9 @@ def embeddings_from_config(cfg, names: Optional[Sequence[str]] = None) -> torch.
         n = len(names) if names is not None else cfg.MODEL.ROI_HEADS.NUM_CLASSES
         return random_embeddings(n, p.EMBED_DIM, p.RANDOM_EMBEDDINGS_SEED)
     if p.EMBEDDINGS and names is None:
-        return load_embedding_file(p.EMBEDDINGS)
+        if os.path.isfile(os.path.expanduser(p.EMBEDDINGS)) or not (p.PROMPT or p.PROMPT_WORDS):
+            return load_embedding_file(p.EMBEDDINGS)
+        logger.warning("%s does not exist: encoding the vocabulary with MODEL.POMP.PROMPT instead", p.EMBEDDINGS)
     if not (p.PROMPT or p.PROMPT_WORDS):
         raise ValueError("no class embeddings: set MODEL.POMP.EMBEDDINGS (a [C, D] .npy), or "
                          "MODEL.POMP.PROMPT / PROMPT_WORDS with MODEL.POMP.CLIP_MODEL")

@@ -8,12 +8,9 @@ from typing import Iterator, List, Optional
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .embeddings import embeddings_from_config, load_embedding_file, vocabulary_names
+from .embeddings import BUILTIN_VOCABULARIES, embeddings_from_config, load_embedding_file, vocabulary_names
 
 logger = logging.getLogger(__name__)
-
-# Short names for the demo and configs -> a registered dataset whose classes are used.
-BUILTIN_VOCABULARIES = {"lvis": "lvis_v1_val", "coco": "coco_2017_val"}
 
 
 def _roi_heads(model: torch.nn.Module):
@@ -51,6 +48,26 @@ def set_vocabulary(model: torch.nn.Module, cfg, source: str) -> Optional[List[st
         emb = embeddings_from_config(cfg, names)
     _roi_heads(model).set_class_embeddings(emb.to(next(model.parameters()).device))
     logger.info("vocabulary set to %d classes from %s", emb.shape[0], source)
+    return names
+
+
+def configure_vocabulary(cfg, source: str) -> Optional[List[str]]:
+    """Set an unfrozen ``cfg`` to build its model for ``source`` (as :func:`set_vocabulary`
+    takes it) directly: the training embeddings are then never loaded nor encoded. Returns
+    the class names (None for a .npy)."""
+    p = cfg.MODEL.POMP
+    if str(source).endswith(".npy"):
+        p.EMBEDDINGS, p.VOCABULARY = str(source), ""
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = load_embedding_file(source).shape[0]
+        return None
+    if not (p.PROMPT or p.PROMPT_WORDS or p.RANDOM_EMBEDDINGS_SEED >= 0):
+        raise ValueError(
+            f"cannot encode the vocabulary '{source}': the config gives no prompt (MODEL.POMP.PROMPT, the "
+            "prompt the model was trained with, and MODEL.POMP.CLIP_MODEL), only fixed embeddings; "
+            "or pass a .npy exported for the new vocabulary")
+    names = vocabulary_names(source)
+    p.EMBEDDINGS, p.VOCABULARY = "", str(source)
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(names)
     return names
 
 

@@ -16,7 +16,7 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 import pomp_core  # noqa: E402
 from pomp_det.data.lvis_norare import make_norare_json  # noqa: E402
 from pomp_det.embeddings import encode_vocabulary, load_embedding_file  # noqa: E402
-from pomp_det.fast_rcnn import PompFastRCNNOutputLayers, federated_classes, largest_proposal  # noqa: E402
+from pomp_det.fast_rcnn import PompFastRCNNOutputLayers, federated_classes  # noqa: E402
 from pomp_det.zero_shot_classifier import ZeroShotClassifier  # noqa: E402
 
 
@@ -59,7 +59,7 @@ def test_federated_classes_keep_present_and_sample_by_weight():
     gt = torch.tensor([1, 1, 4, 6, 6])  # 6 = background
     counts = torch.zeros(6)
     for _ in range(400):
-        used = federated_classes(gt, 3, weight)
+        used = federated_classes(gt, 4, weight)  # 1, 4 and the background (Detic counts it) + 1 drawn
         assert {1, 4} <= set(used.tolist()) and len(used) == 3 and 6 not in used.tolist()
         counts[used] += 1
     # the one extra class comes from {0, 2, 3, 5} with probability ~ weight (sum 15)
@@ -76,25 +76,24 @@ def test_sigmoid_federated_loss_only_counts_selected_classes():
     p.sigmoid_cross_entropy(logits, torch.tensor([2, 4])).backward()
     touched = (logits.grad.abs() > 0).any(0).tolist()
     assert touched == [False, False, True, False, False]  # only the present class; fed budget 1
-    p.fed_loss_num_classes = 2  # room for one sampled class: class 1 (the only weight > 0)
+    p.fed_loss_num_classes = 3  # room for one sampled class (2 + background): class 1 (the only weight > 0)
     logits.grad = None
     p.sigmoid_cross_entropy(logits, torch.tensor([2, 4])).backward()
     assert (logits.grad.abs() > 0).any(0).tolist() == [False, True, True, False, False]
 
 
-def test_max_size_loss_uses_the_largest_top_k_proposal():
+def test_max_size_loss_uses_the_largest_proposal_but_the_last():
     boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 30, 20], [5, 5, 20, 20], [0, 0, 90, 90.0]])
-    assert largest_proposal(boxes, topk=3) == 1  # box 3 is larger but outside the top 3
-    assert largest_proposal(boxes, topk=4) == 3
-    p = predictor(torch.randn(5, 3), use_fed_loss=False, image_label_topk=3, image_label_weight=0.1)
+    p = predictor(torch.randn(5, 3), use_fed_loss=False, image_label_weight=0.1)
     props = Instances((100, 100), proposal_boxes=Boxes(boxes))
     scores = torch.randn(4, 6, requires_grad=True)
-    loss = p.image_label_losses((scores, None), [props], [[2, 4]])["loss_image_label"]
+    loss = p.image_label_losses((scores, None), [props], [[2, 4]])
     loss.backward()
+    # box 3 is the largest, but Detic's max-size rule never picks the last proposal
     assert (scores.grad.abs().sum(1) > 0).tolist() == [False, True, False, False]
-    target = torch.tensor([0, 0, 1, 0, 1.0])
-    torch.testing.assert_close(loss, 0.1 * F.binary_cross_entropy_with_logits(
-        scores[1, :5].detach(), target, reduction="sum"))
+    per_label = [F.binary_cross_entropy_with_logits(scores[1].detach(), F.one_hot(torch.tensor(c), 6).float(),
+                                                    reduction="sum") for c in (2, 4)]
+    torch.testing.assert_close(loss, 0.1 * sum(per_label) / 2)
 
 
 def test_test_scores_are_geometric_mean_with_objectness():

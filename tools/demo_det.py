@@ -16,6 +16,7 @@ from detectron2.utils.visualizer import Visualizer
 
 import pomp_det
 from pomp_det.data.world import register_world
+from pomp_det.vocabulary import configure_vocabulary
 
 
 def parse_args():
@@ -40,9 +41,10 @@ def main() -> None:
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
+    # the model is built for the demo's vocabulary: the training embeddings are not needed
+    names = configure_vocabulary(cfg, args.vocabulary) if args.vocabulary else None
     cfg.freeze()
     predictor = DefaultPredictor(cfg)
-    names = pomp_det.set_vocabulary(predictor.model, cfg, args.vocabulary) if args.vocabulary else None
     if names is None:
         train = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
         n = predictor.model.roi_heads.num_classes

@@ -6,26 +6,46 @@
     python tools/train_net.py --zoo-config COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml \
         --config-file configs/det/Base-POMP.yaml MODEL.POMP.EMBEDDINGS coco_pomp.npy
 
-``--zoo-config NAME`` starts from a detectron2 model-zoo config (configs may also say
-``_BASE_: "zoo:NAME"``); ``--world DIR`` registers a synthetic world's datasets.
+``--num-gpus N`` without CUDA starts N CPU processes (gloo backend). ``--zoo-config NAME``
+starts from a detectron2 model-zoo config (configs may also say ``_BASE_: "zoo:NAME"``);
+``--world DIR`` registers a synthetic world's datasets.
 """
 import logging
 import os
+import weakref
 from collections import OrderedDict
 
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import (AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model,
+                               default_argument_parser, default_setup)
+from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator, LVISEvaluator, verify_results
 
 import pomp_det
 from pomp_det.data.multi_dataset import build_multi_dataset_train_loader
 from pomp_det.data.world import register_world
+from pomp_det.launch import ddp_kwargs, launch
 from pomp_det.vocabulary import vocabulary_for_dataset
 
 
 class Trainer(DefaultTrainer):
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__, but the model is wrapped with ddp_kwargs(cfg): unused
+        # parameters allowed (image-label batches) and CPU processes (gloo) supported
+        TrainerBase.__init__(self)
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        model = create_ddp_model(model, **ddp_kwargs(cfg))
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
+        self.register_hooks(self.build_hooks())
+
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)

@@ -1,13 +1,27 @@
-"""Per-class image counts of the training annotations (category frequency metadata)."""
+"""Per-class image counts: the federated loss's sampling weights.
+
+Detic reads them from a small category-info file (``lvis_v1_train_cat_info.json``:
+``[{"id", "name", "image_count", "instance_count", ...}]``), so building a model never parses
+the ~1 GB training json. Write it once:
+
+    python -m pomp_det.data.category_counts datasets/lvis/lvis_v1_train.json \\
+        --out datasets/metadata/lvis_v1_train_cat_info.json
+"""
 from __future__ import annotations
 
+import argparse
+import json
 import logging
-from typing import Iterable, Sequence
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 logger = logging.getLogger(__name__)
+LVIS_V1_NUM_CLASSES = 1203
 
 
 def category_image_counts(dataset_dicts: Iterable[dict], num_classes: int) -> torch.Tensor:
@@ -21,9 +35,82 @@ def category_image_counts(dataset_dicts: Iterable[dict], num_classes: int) -> to
     return counts
 
 
-def federated_class_weight(dataset_names: Sequence[str], num_classes: int, power: float) -> torch.Tensor:
-    """Federated-loss sampling weights ``image_count ** power`` over the box-labelled
-    training datasets; cached in each dataset's metadata as ``category_image_counts``."""
+def write_json_atomic(data, dst: str | os.PathLike) -> Path:
+    """Write ``data`` as json through a temporary file of a unique name in the same folder,
+    then rename: ranks writing the same file at once never read or leave a partial one."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dst
+
+
+def make_cat_info(lvis_json: str | os.PathLike) -> List[Dict]:
+    """Detic's category info of an LVIS-format json: each category with the number of images
+    and of instances that carry it, counted from the annotations."""
+    data = json.loads(Path(lvis_json).read_text())
+    images: Dict[int, set] = {c["id"]: set() for c in data["categories"]}
+    instances = {c["id"]: 0 for c in data["categories"]}
+    for a in data["annotations"]:
+        images[a["category_id"]].add(a["image_id"])
+        instances[a["category_id"]] += 1
+    return [{**{k: c[k] for k in ("id", "name", "frequency") if k in c},
+             "image_count": len(images[c["id"]]), "instance_count": instances[c["id"]]}
+            for c in sorted(data["categories"], key=lambda c: c["id"])]
+
+
+def load_cat_info_counts(path: str | os.PathLike) -> torch.Tensor:
+    """[C] image counts from a category-info file, ordered by category id."""
+    info = json.loads(Path(path).read_text())
+    if not isinstance(info, list) or not all("id" in c and "image_count" in c for c in info):
+        raise ValueError(f"{path} is not a category-info file ([{{'id', 'image_count', ...}}, ...]); "
+                         "write one with `python -m pomp_det.data.category_counts <train json>`")
+    return torch.tensor([float(c["image_count"]) for c in sorted(info, key=lambda c: c["id"])])
+
+
+def builtin_lvis_v1_counts() -> torch.Tensor:
+    """detectron2's image counts of the LVIS v1 training set (1,203 classes, rare included),
+    shipped by detectron2 after 0.6."""
+    try:
+        from detectron2.data.datasets.lvis_v1_category_image_count import LVIS_CATEGORY_IMAGE_COUNT
+    except ImportError:
+        raise FileNotFoundError(
+            "federated loss: no category-info file (MODEL.POMP.CAT_FREQ_PATH), and this detectron2 (0.6) "
+            "does not ship LVIS v1 image counts (later versions do): write the file with `python -m "
+            "pomp_det.data.category_counts datasets/lvis/lvis_v1_train.json --out "
+            "datasets/metadata/lvis_v1_train_cat_info.json` (or use Detic's file of that name)") from None
+    return torch.tensor([float(c["image_count"]) for c in sorted(LVIS_CATEGORY_IMAGE_COUNT, key=lambda c: c["id"])])
+
+
+def cat_info_counts(path: str, num_classes: int) -> torch.Tensor:
+    """Detic's source of the federated weights: the category-info file at ``path``; when it
+    is absent and the vocabulary is LVIS v1's, detectron2's builtin counts (the same numbers)."""
+    if path and Path(os.path.expanduser(path)).is_file():
+        counts = load_cat_info_counts(os.path.expanduser(path))
+    elif num_classes == LVIS_V1_NUM_CLASSES:
+        logger.info("federated loss: %s not found, using detectron2's LVIS v1 image counts", path or "CAT_FREQ_PATH")
+        counts = builtin_lvis_v1_counts()
+    else:
+        raise FileNotFoundError(
+            f"federated loss: category-info file '{path}' (MODEL.POMP.CAT_FREQ_PATH) does not exist and "
+            f"the vocabulary ({num_classes} classes) is not LVIS v1's: write it with `python -m "
+            "pomp_det.data.category_counts <training json> --out <path>`, or set "
+            "MODEL.POMP.FED_LOSS_WEIGHTS train_boxes to count the training boxes")
+    if counts.numel() != num_classes:
+        raise ValueError(f"category-info file '{path}' has {counts.numel()} categories but the "
+                         f"classifier has {num_classes}: MODEL.ROI_HEADS.NUM_CLASSES must match it")
+    return counts
+
+
+def train_box_counts(dataset_names: Sequence[str], num_classes: int) -> torch.Tensor:
+    """[C] image counts over the box-labelled training datasets; cached in each dataset's
+    metadata as ``category_image_counts``."""
     counts = torch.zeros(num_classes)
     for name in dataset_names:
         meta = MetadataCatalog.get(name)
@@ -36,5 +123,34 @@ def federated_class_weight(dataset_names: Sequence[str], num_classes: int, power
             raise ValueError(f"dataset '{name}' has {cached.numel()} categories but the classifier "
                              f"has {num_classes}: MODEL.ROI_HEADS.NUM_CLASSES must match it")
         counts += cached
-    logger.info("federated loss: %d of %d classes have training boxes", int((counts > 0).sum()), num_classes)
-    return counts.pow(power)
+    return counts
+
+
+def federated_class_weight(cfg, num_classes: int) -> torch.Tensor:
+    """The federated loss's sampling weights ``image_count ** FED_LOSS_FREQ_WEIGHT`` from the
+    source MODEL.POMP.FED_LOSS_WEIGHTS names (see pomp_det/config.py)."""
+    p = cfg.MODEL.POMP
+    if p.FED_LOSS_WEIGHTS == "cat_info":
+        counts = cat_info_counts(p.CAT_FREQ_PATH, num_classes)
+    elif p.FED_LOSS_WEIGHTS == "train_boxes":
+        counts = train_box_counts(cfg.DATASETS.TRAIN, num_classes)
+    else:
+        raise ValueError(f"MODEL.POMP.FED_LOSS_WEIGHTS is '{p.FED_LOSS_WEIGHTS}': use cat_info or train_boxes")
+    logger.info("federated loss: %d of %d classes can be drawn", int((counts > 0).sum()), num_classes)
+    return counts.pow(p.FED_LOSS_FREQ_WEIGHT)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description="write Detic's category-info file (federated-loss weights)")
+    ap.add_argument("src", help="the full training json, e.g. datasets/lvis/lvis_v1_train.json")
+    ap.add_argument("--out", help="default: <src>_cat_info.json next to it (Detic's name)")
+    args = ap.parse_args(argv)
+    src = Path(args.src)
+    if not src.is_file():
+        raise SystemExit(f"error: '{src}' does not exist (the LVIS training json, see docs/detection.md)")
+    out = Path(args.out) if args.out else src.with_name(f"{src.stem}_cat_info.json")
+    print(write_json_atomic(make_cat_info(src), out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """Image-labelled datasets (Detic's ImageNet-LVIS: images with LVIS category ids, no boxes).
 
-The json follows Detic's ``imagenet_lvis_image_info.json``: ``{"images": [{"id", "file_name",
+The json follows Detic's ``imagenet/annotations/imagenet_lvis_image_info.json``: ``{"images": [{"id", "file_name",
 "height", "width", "pos_category_ids": [LVIS ids, 1-based]}], "categories": [...]}``.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ def load_image_label_json(json_file: str, image_root: str) -> List[Dict]:
     """Dataset dicts with ``pos_category_ids`` (contiguous, 0-based) and ``ann_type="image"``."""
     if not Path(json_file).is_file():
         raise FileNotFoundError(f"image-label file '{json_file}' does not exist (Detic's "
-                                "datasets/metadata/imagenet_lvis_image_info.json; see docs/detection.md)")
+                                "datasets/imagenet/annotations/imagenet_lvis_image_info.json; see docs/detection.md)")
     data = json.loads(Path(json_file).read_text())
     records = []
     for img in data["images"]:
@@ -40,5 +40,5 @@ def register_image_label_dataset(name: str, json_file: str, image_root: str, thi
 
 def register_builtin_image_labels(root: str) -> None:
     """``imagenet_lvis_v1``: Detic's layout under ``root`` (detectron2's datasets folder)."""
-    register_image_label_dataset("imagenet_lvis_v1", os.path.join(root, "metadata/imagenet_lvis_image_info.json"),
+    register_image_label_dataset("imagenet_lvis_v1", os.path.join(root, "imagenet/annotations/imagenet_lvis_image_info.json"),
                                  os.path.join(root, "imagenet/ImageNet-LVIS"))

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from .category_counts import write_json_atomic
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,7 +24,7 @@ def norare_path(src: str | os.PathLike) -> Path:
 def make_norare_json(src: str | os.PathLike, dst: Optional[str | os.PathLike] = None,
                      overwrite: bool = False) -> Path:
     """Write ``src`` with the annotations of rare-frequency categories removed (images and
-    categories kept, so class ids do not move); atomically (temporary file + rename)."""
+    categories kept, so class ids do not move); atomically (unique temporary file + rename)."""
     src = Path(src)
     dst = Path(dst) if dst else norare_path(src)
     if dst.is_file() and not overwrite:
@@ -37,9 +39,7 @@ def make_norare_json(src: str | os.PathLike, dst: Optional[str | os.PathLike] = 
     rare = {c["id"] for c in data["categories"] if c["frequency"] == "r"}
     before = len(data["annotations"])
     data["annotations"] = [a for a in data["annotations"] if a["category_id"] not in rare]
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, dst)
+    write_json_atomic(data, dst)  # a unique temporary name: ranks may write it at once
     logger.info("%s: dropped %d annotations of %d rare classes, kept %d (%d images) -> %s", src.name,
                 before - len(data["annotations"]), len(rare), len(data["annotations"]),
                 len(data["images"]), dst)
