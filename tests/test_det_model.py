@@ -22,7 +22,7 @@ SMALL = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TRAIN", "(9
          "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200",
          "MODEL.RPN.POST_NMS_TOPK_TRAIN", "50", "MODEL.RPN.PRE_NMS_TOPK_TEST", "200",
          "MODEL.RPN.POST_NMS_TOPK_TEST", "50", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()",
-         "MODEL.BACKBONE.FREEZE_AT", "0"]
+         "MODEL.BACKBONE.FREEZE_AT", "0", "MODEL.POMP.FED_LOSS_WEIGHTS", "train_boxes"]
 
 
 def zoo_cfg(tmp_path, zoo_name, num_classes, dim=32, extra=()):
@@ -74,7 +74,7 @@ def test_model_zoo_config_with_pomp_classifier_trains_and_infers(tmp_path, zoo_n
     heads = model.roi_heads
     assert type(heads).__name__ == "PompROIHeads"
     assert heads.box_predictor.cls_score.embeddings.shape == (7, 32)
-    assert heads.box_predictor.bbox_pred.out_features == 4  # class-agnostic boxes
+    assert heads.box_predictor.bbox_pred[-1].out_features == 4  # class-agnostic boxes (Detic's MLP)
     assert heads.mask_head.predictor.out_channels == 1  # class-agnostic masks
     losses = train_step(model, 7)
     assert {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls"} <= set(losses)

@@ -133,7 +133,8 @@ def federated_class_weight(cfg, num_classes: int) -> torch.Tensor:
     if p.FED_LOSS_WEIGHTS == "cat_info":
         counts = cat_info_counts(p.CAT_FREQ_PATH, num_classes)
     elif p.FED_LOSS_WEIGHTS == "train_boxes":
-        counts = train_box_counts(cfg.DATASETS.TRAIN, num_classes)
+        # no training datasets (a model trained by hand): every class equally likely
+        counts = train_box_counts(cfg.DATASETS.TRAIN, num_classes) if len(cfg.DATASETS.TRAIN) else torch.ones(num_classes)
     else:
         raise ValueError(f"MODEL.POMP.FED_LOSS_WEIGHTS is '{p.FED_LOSS_WEIGHTS}': use cat_info or train_boxes")
     logger.info("federated loss: %d of %d classes can be drawn", int((counts > 0).sum()), num_classes)
