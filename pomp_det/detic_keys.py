@@ -24,6 +24,7 @@ ALIASES = {
     "WITH_IMAGE_LABELS": "DATALOADER.MULTI_DATASET",
     "DATALOADER.DATASET_INPUT_SIZE": "INPUT.DATASET_INPUT_SIZE",
     "DATALOADER.DATASET_INPUT_SCALE": "INPUT.DATASET_INPUT_SCALE",
+    "DATALOADER.SAMPLER_TRAIN": "DATALOADER.SAMPLER_TRAIN",  # see _convert
 }
 # Detic keys whose value pomp_det always has (anything else is refused)
 FIXED = {"MODEL.ROI_BOX_HEAD.USE_ZEROSHOT_CLS": True, "MODEL.ROI_BOX_HEAD.NORM_WEIGHT": True,
@@ -37,6 +38,8 @@ UNSUPPORTED = {
 
 
 def _convert(detic_key: str, value: Any) -> List[Tuple[str, Any]]:
+    if detic_key == "DATALOADER.SAMPLER_TRAIN":  # Detic names its multi-dataset loader by its sampler
+        return [("DATALOADER.MULTI_DATASET", True)] if value == "MultiDatasetSampler" else [(detic_key, value)]
     if detic_key == "MODEL.ROI_BOX_HEAD.USE_BIAS":
         return [("MODEL.POMP.USE_BIAS", float(value) < 0), ("MODEL.POMP.BIAS_INIT", float(value))]
     return [(ALIASES[detic_key], value)]

@@ -200,13 +200,14 @@ def test_detic_config_keys_are_read_as_ours_or_refused(tmp_path):
     yaml = tmp_path / "detic.yaml"
     yaml.write_text("MODEL:\n  ROI_BOX_HEAD:\n    USE_ZEROSHOT_CLS: True\n    ZEROSHOT_WEIGHT_PATH: 'x.npy'\n"
                     "    USE_BIAS: -2.0\n    FED_LOSS_NUM_CAT: 30\n    WS_NUM_PROPS: 64\n    IMAGE_LOSS_WEIGHT: 0.2\n"
-                    "DATALOADER:\n  DATASET_BS: [4, 8]\n  DATASET_ANN: ['box', 'image']\nWITH_IMAGE_LABELS: True\n")
+                    "DATALOADER:\n  SAMPLER_TRAIN: MultiDatasetSampler\n  DATASET_BS: [4, 8]\n  DATASET_ANN: ['box', 'image']\nWITH_IMAGE_LABELS: True\n")
     cfg = pomp_det.load_pomp_cfg(str(yaml), ["MODEL.ROI_BOX_HEAD.NORM_TEMP", "20.0",
                                              "MODEL.ROI_BOX_HEAD.CAT_FREQ_PATH", "c.json"])
     p = cfg.MODEL.POMP
     assert (p.EMBEDDINGS, p.USE_BIAS, p.BIAS_INIT, p.FED_LOSS_NUM_CLASSES, p.IMAGE_LABEL_TOPK) == ("x.npy", True, -2.0, 30, 64)
     assert (p.IMAGE_LABEL_WEIGHT, p.TEMPERATURE, p.CAT_FREQ_PATH) == (0.2, 20.0, "c.json")
     assert list(cfg.DATALOADER.DATASET_BATCH_SIZE) == [4, 8] and cfg.DATALOADER.MULTI_DATASET
+    assert cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler"  # detectron2's own loader is not asked for it
     cfg = pomp_det.load_pomp_cfg("", ["DATALOADER.DATASET_INPUT_SCALE", "[[0.2, 2.0], [0.5, 1.5]]"])
     assert cfg.INPUT.DATASET_INPUT_SCALE[0] == [0.2, 2.0]
     with pytest.raises(ValueError, match="CUSTOM_AUG.*DATASET_AUG"):
