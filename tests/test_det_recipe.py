@@ -261,3 +261,35 @@ def test_resize_scale_crop_is_detics_scale_jitter():
     aug = T.AugInput(np.zeros((50, 100, 3), dtype=np.uint8))
     T.AugmentationList(dataset_augmentations(cfg, 1))(aug)
     assert aug.image.shape[:2] == (16, 32)  # scale 1: fits the 32-px square
+
+
+def test_cascade_test_score_is_sqrt_of_the_stage_mean_times_objectness(monkeypatch):
+    import pomp_det.roi_heads as rh
+
+    torch.manual_seed(0)
+    model = build_model(_world_cfg("CascadeROIHeads", ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"])).eval()
+    heads, seen, stage_probs = model.roi_heads, {}, []
+    real = rh.fast_rcnn_inference
+    monkeypatch.setattr(rh, "fast_rcnn_inference", lambda boxes, scores, *a: seen.setdefault("scores", scores) and real(boxes, scores, *a))
+    for p in heads._predictors():
+        orig = p.predict_probs
+        monkeypatch.setattr(p, "predict_probs", lambda pred, props, orig=orig: stage_probs.append(orig(pred, props)) or stage_probs[-1])
+    with torch.no_grad():
+        images = model.preprocess_image(_inputs(False, n=1))
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features)
+        heads._forward_box(features, proposals)
+    mean = sum(s[0] for s in stage_probs) / 3
+    expect = (mean * proposals[0].objectness_logits.sigmoid()[:, None]).sqrt()
+    torch.testing.assert_close(seen["scores"][0], expect)  # Detic's order, not the mean of per-stage products
+    assert not torch.allclose(expect, sum((s[0] * proposals[0].objectness_logits.sigmoid()[:, None]).sqrt()
+                                          for s in stage_probs) / 3)
+
+
+def test_builtin_datasets_registered_elsewhere_first_are_left_alone():
+    from detectron2.data import MetadataCatalog
+    from pomp_det.data.builtin import BUILTIN, register_builtin
+
+    before = {n: MetadataCatalog.get(n).get("json_file") for n in BUILTIN}
+    register_builtin("/elsewhere")  # as after `import detic`: the names exist, nothing fails
+    assert {n: MetadataCatalog.get(n).get("json_file") for n in BUILTIN} == before
