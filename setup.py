@@ -19,7 +19,7 @@ setup(
     version="0.1.0",
     description="Prompt pre-training with twenty-thousand classes for open-vocabulary recognition",
     packages=find_packages(include=["pomp_core*", "pomp_det*", "pomp_seg*"]),
-    package_data={"pomp_core": ["model_configs/*.json", "weights/*.pt"]},
+    package_data={"pomp_core": ["model_configs/*.json", "weights/*.pt"], "pomp_det": ["data/*.json"]},
     python_requires=">=3.9",
     install_requires=CORE,
     extras_require=EXTRAS,

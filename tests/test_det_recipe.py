@@ -60,25 +60,23 @@ def test_cat_info_file_counts_images_and_feeds_the_weights(tmp_path):
         cc.federated_class_weight(cfg, 5)
 
 
-def builtin_lvis_counts():
-    """detectron2's LVIS v1 image counts by id order, or None where it does not ship them (0.6)."""
-    try:
-        from detectron2.data.datasets.lvis_v1_category_image_count import LVIS_CATEGORY_IMAGE_COUNT
-    except ImportError:
-        return None
-    return torch.tensor([float(c["image_count"]) for c in sorted(LVIS_CATEGORY_IMAGE_COUNT, key=lambda c: c["id"])])
+def test_builtin_lvis_counts_agree_with_the_lvis_frequency_groups():
+    """The shipped counts, checked against detectron2's own LVIS v1 categories: LVIS calls a
+    class rare below 11 training images, common up to 100, frequent above."""
+    from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES
+    counts = cc.builtin_lvis_v1_counts()
+    assert counts.shape == (1203,)
+    bounds = {"r": (1, 10), "c": (11, 100), "f": (101, float("inf"))}
+    for c in LVIS_CATEGORIES:
+        low, high = bounds[c["frequency"]]
+        assert low <= counts[c["id"] - 1] <= high, c["name"]
 
 
-def test_without_cat_info_lvis_uses_detectron2_counts_and_others_are_told_the_command(tmp_path):
+def test_without_cat_info_lvis_uses_the_builtin_counts_and_others_are_told_the_command(tmp_path):
     cfg = pomp_det.get_pomp_cfg()
     cfg.MODEL.POMP.CAT_FREQ_PATH = str(tmp_path / "absent.json")
-    counts = builtin_lvis_counts()
-    if counts is None:  # detectron2 0.6: the error names the command that writes the file
-        with pytest.raises(FileNotFoundError, match="pomp_det.data.category_counts.*lvis_v1_train_cat_info"):
-            cc.federated_class_weight(cfg, 1203)
-    else:
-        w = cc.federated_class_weight(cfg, 1203)
-        assert torch.allclose(w, counts ** 0.5) and (w > 0).all()  # rare classes included
+    w = cc.federated_class_weight(cfg, 1203)
+    assert torch.allclose(w, cc.builtin_lvis_v1_counts() ** 0.5) and (w > 0).all()  # rare classes included
     with pytest.raises(FileNotFoundError, match="pomp_det.data.category_counts"):
         cc.federated_class_weight(cfg, 40)
 

@@ -75,26 +75,22 @@ def load_cat_info_counts(path: str | os.PathLike) -> torch.Tensor:
 
 
 def builtin_lvis_v1_counts() -> torch.Tensor:
-    """detectron2's image counts of the LVIS v1 training set (1,203 classes, rare included),
-    shipped by detectron2 after 0.6."""
-    try:
-        from detectron2.data.datasets.lvis_v1_category_image_count import LVIS_CATEGORY_IMAGE_COUNT
-    except ImportError:
-        raise FileNotFoundError(
-            "federated loss: no category-info file (MODEL.POMP.CAT_FREQ_PATH), and this detectron2 (0.6) "
-            "does not ship LVIS v1 image counts (later versions do): write the file with `python -m "
-            "pomp_det.data.category_counts datasets/lvis/lvis_v1_train.json --out "
-            "datasets/metadata/lvis_v1_train_cat_info.json` (or use Detic's file of that name)") from None
-    return torch.tensor([float(c["image_count"]) for c in sorted(LVIS_CATEGORY_IMAGE_COUNT, key=lambda c: c["id"])])
+    """Image counts of the LVIS v1 training set (1,203 classes, rare included), ordered by id.
+
+    Shipped with pomp_det (``lvis_v1_train_image_counts.json``: the numbers of Detic's
+    ``lvis_v1_train_cat_info.json`` and of detectron2's later ``LVIS_CATEGORY_IMAGE_COUNT``,
+    which agree), because detectron2 0.6, this project's pin, does not carry them."""
+    counts = json.loads((Path(__file__).parent / "lvis_v1_train_image_counts.json").read_text())
+    return torch.tensor(counts, dtype=torch.float)
 
 
 def cat_info_counts(path: str, num_classes: int) -> torch.Tensor:
     """Detic's source of the federated weights: the category-info file at ``path``; when it
-    is absent and the vocabulary is LVIS v1's, detectron2's builtin counts (the same numbers)."""
+    is absent and the vocabulary is LVIS v1's, the builtin LVIS v1 counts (the same numbers)."""
     if path and Path(os.path.expanduser(path)).is_file():
         counts = load_cat_info_counts(os.path.expanduser(path))
     elif num_classes == LVIS_V1_NUM_CLASSES:
-        logger.info("federated loss: %s not found, using detectron2's LVIS v1 image counts", path or "CAT_FREQ_PATH")
+        logger.info("federated loss: %s not found, using the builtin LVIS v1 image counts", path or "CAT_FREQ_PATH")
         counts = builtin_lvis_v1_counts()
     else:
         raise FileNotFoundError(
