@@ -17,6 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, DistributedSampler
 from torchvision import transforms as T
 
+from ..durable import atomic_write_text, kill_point
 from .augment import RandAugment2
 
 logger = logging.getLogger(__name__)
@@ -168,6 +169,7 @@ def build_split_index(
     for label, folder in enumerate(folders):
         files = sorted(f.name for f in (root / folder).iterdir()
                        if f.suffix.lower() in IMAGE_EXTENSIONS)
+        kill_point("scan")
         if not files:
             empty.append(folder)
             continue
@@ -183,11 +185,8 @@ def build_split_index(
         val = _separate_val(val_root, folders, val_per_class, rng)
     index = SplitIndex(str(root), folders, train, val, str(val_root) if val_root else None)
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(cache.name + ".tmp")
-        tmp.write_text(json.dumps({"classes": folders, "train": train, "val": index.val,
-                                   "val_root": index.val_root}))
-        os.replace(tmp, cache)
+        atomic_write_text(cache, json.dumps({"classes": folders, "train": train, "val": index.val,
+                                             "val_root": index.val_root}))
     except OSError as err:  # a read-only dataset root still trains, just rescans
         logger.warning("could not cache the split index at %s: %s", cache, err)
     return index

@@ -5,9 +5,15 @@ the cache, each image's ``cache_views`` views are encoded once (memory-mapped ``
 disk, float16) and every epoch draws ``views`` of them; training then runs only the text
 tower. The trade: augmentation diversity is capped at ``cache_views`` views per image
 instead of fresh views every epoch, for disk space of ``images x cache_views x D x 2`` bytes.
+
+A cache is built under a unique temporary name and published only when complete, so a
+killed build is never read (the next run rebuilds it and removes the dead run's partial
+file), and runs sharing a cache folder never write the same file: the first complete
+cache is published and a run that finishes later reuses it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..durable import atomic_write, fsync_file, kill_point, remove_stale_temporaries, temporary_name
 from .data import ImageListDataset, collate_skipping, sample_seed
 
 logger = logging.getLogger(__name__)
@@ -34,8 +41,10 @@ def build_feature_cache(trainer, images: ImageListDataset, folder: Path) -> Tupl
     path, valid_path = folder / f"{key}.npy", folder / f"{key}.valid.npy"
     if trainer.is_main and not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder, path.name)  # partial caches of killed runs
+        remove_stale_temporaries(folder, valid_path.name)
         one_view = ImageListDataset(images.root, images.items, images.transform, views=1, seed=images.seed)
-        tmp = path.with_name(path.name + ".tmp.npy")
+        tmp = temporary_name(path, ".tmp.npy")
         feats = None  # allocated once the first batch tells the feature width
         valid = np.zeros(len(images), dtype=bool)
         bar = tqdm(total=len(images) * cfg.train.cache_views, desc="feature cache", unit="view")
@@ -50,17 +59,36 @@ def build_feature_cache(trainer, images: ImageListDataset, folder: Path) -> Tupl
                                                           shape=(len(images), cfg.train.cache_views, out.shape[1]))
                     feats[batch["index"].numpy(), view] = out
                     valid[batch["index"].numpy()] = True
+                    kill_point("feature_cache")
                 bar.update(len(batch.get("index", [])) + int(batch["skipped"]))
         bar.close()
         if feats is None:
             raise RuntimeError(f"no readable image among the {len(images)} training images")
         feats.flush()
         del feats
-        np.save(valid_path, valid)
-        os.replace(tmp, path)  # only a complete cache gets the final name
+        fsync_file(tmp)
+        _publish(tmp, path, valid_path, valid)
         logger.info("feature cache: %s (%d images x %d views)", path, len(images), cfg.train.cache_views)
     trainer._barrier()
     return np.load(path, mmap_mode="r"), np.load(valid_path)
+
+
+def _publish(tmp: Path, path: Path, valid_path: Path, valid: np.ndarray) -> None:
+    """Give a complete cache its final name unless another run published one first."""
+    if path.is_file():
+        tmp.unlink()
+        logger.info("feature cache: another run completed %s first; using it", path)
+        return
+    with atomic_write(valid_path) as f:  # before the features: readers look for the features file
+        np.save(f, valid)
+    try:
+        os.link(tmp, path)  # fails if the name exists: the first complete cache wins
+    except FileExistsError:
+        logger.info("feature cache: another run completed %s first; using it", path)
+    except OSError:  # a filesystem without hard links
+        os.replace(tmp, path)
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
 
 
 class FeatureCacheDataset(Dataset):

@@ -6,19 +6,29 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from ..durable import atomic_write, atomic_write_text, fsync_file
+
 logger = logging.getLogger(__name__)
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to ``metrics.jsonl``; mirrors it to TensorBoard."""
+    """Appends one JSON object per logged step to ``metrics.jsonl``; mirrors it to TensorBoard.
 
-    def __init__(self, output_dir: Path, tensorboard: bool = True, resume_step: int = 0) -> None:
+    On resume from a checkpoint at ``resume_step``, rows written after it (by the killed
+    run, to be logged again) are dropped, and so are the rows at ``resume_step`` holding
+    ``redo_key`` (a validation the checkpoint precedes); TensorBoard purges the same.
+    """
+
+    def __init__(self, output_dir: Path, tensorboard: bool = True, resume_step: int = 0,
+                 redo_key: Optional[str] = None) -> None:
         self.path = output_dir / "metrics.jsonl"
+        kept: List[Dict[str, float]] = []
         if resume_step == 0 and self.path.exists():
             self.path.unlink()
-        elif resume_step:  # drop lines written after the checkpoint we resume from
-            kept = [ln for ln in self.read(self.path) if ln["step"] <= resume_step]
-            self.path.write_text("".join(json.dumps(ln) + "\n" for ln in kept))
+        elif resume_step:
+            kept = [r for r in self.read(self.path) if r["step"] < resume_step
+                    or (r["step"] == resume_step and not (redo_key and redo_key in r))]
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self.writer = None
         if tensorboard:
             try:
@@ -26,14 +36,29 @@ class MetricsLog:
             except ImportError:
                 logger.warning("tensorboard is not installed: no event files (pip install tensorboard)")
             else:
-                self.writer = SummaryWriter(str(output_dir / "tb"), purge_step=resume_step or None)
+                # events at or after the purge step, from the killed run, are hidden
+                redo = bool(redo_key) and resume_step > 0
+                self.writer = SummaryWriter(str(output_dir / "tb"), purge_step=resume_step + (0 if redo else 1))
+                for row in kept if redo else []:
+                    if row["step"] == resume_step:
+                        self._add(row["step"], {k: v for k, v in row.items() if k != "step"})
 
     def log(self, step: int, values: Dict[str, float]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **values}) + "\n")
+        self._add(step, values)
+
+    def _add(self, step: int, values: Dict[str, float]) -> None:
         if self.writer is not None:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, step)
+
+    def flush(self) -> None:
+        """Put every row logged so far on disk (before a checkpoint that covers them)."""
+        if self.path.exists():
+            fsync_file(self.path)
+        if self.writer is not None:
+            self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
@@ -41,7 +66,20 @@ class MetricsLog:
 
     @staticmethod
     def read(path: Path) -> List[Dict[str, float]]:
-        return [json.loads(ln) for ln in Path(path).read_text().splitlines() if ln.strip()]
+        """The rows of a metrics file ([] if there is none); a last line cut by a kill is ignored."""
+        path = Path(path)
+        if not path.is_file():
+            return []
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        rows = []
+        for i, ln in enumerate(lines):
+            try:
+                rows.append(json.loads(ln))
+            except json.JSONDecodeError:
+                if i < len(lines) - 1:
+                    raise ValueError(f"{path}, line {i + 1} is not JSON: {ln[:80]!r}") from None
+                logger.warning("%s: ignoring an incomplete last line (the run was killed while writing it)", path)
+        return rows
 
 
 def plot_curves(metrics_path: Path, out_path: Path, title: Optional[str] = None) -> Optional[Path]:
@@ -67,6 +105,7 @@ def plot_curves(metrics_path: Path, out_path: Path, title: Optional[str] = None)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
+    with atomic_write(out_path, kill_name="curves") as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
     return out_path

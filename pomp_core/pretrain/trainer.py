@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -19,11 +20,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..clip_loader import load_clip
+from ..durable import atomic_write_text, kill_point
 from ..embeddings import class_embeddings
 from ..prompt import PromptLearner
 from ..prompt_io import save_prompt
 from ..text_encoder import PromptedTextEncoder, text_tower
 from ..zero_shot import image_features, top1
+from .checkpoint import CHECKPOINT, FORMAT, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import PretrainConfig
 from .contrast import build_contrast_batch, local_contrast_logits, local_contrast_loss, sample_negatives
 from .data import (ImageListDataset, ResumableDistributedSampler, build_split_index, collate_skipping,
@@ -33,7 +36,6 @@ from .monitor import MetricsLog, plot_curves
 from .proposals import build_proposal
 
 logger = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint.pth"
 
 
 class PromptText(nn.Module):
@@ -182,6 +184,7 @@ class Pretrainer:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.step = 0
         self.skipped = 0
+        self.pending_validation = False  # the checkpoint at an epoch end precedes its validation
 
     def loader(self) -> DataLoader:
         w = self.cfg.data.workers
@@ -191,28 +194,27 @@ class Pretrainer:
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> Dict:
-        return {"format": "pomp-pretrain-checkpoint", "ctx": self.prompt.ctx.detach().cpu(),
+        return {"format": FORMAT, "ctx": self.prompt.ctx.detach().cpu(),
                 "optimizer": self.optimizer.state_dict(), "step": self.step, "skipped": self.skipped,
                 "proposal": self.proposal.state_dict(), "scaler": self.scaler.state_dict(),
-                "config": self.cfg.to_dict()}
+                "pending_validation": self.pending_validation, "config": self.cfg.to_dict()}
 
-    def save_checkpoint(self) -> Optional[Path]:
+    def save_checkpoint(self, log: Optional[MetricsLog] = None) -> Optional[Path]:
+        """Keep the last two checkpoints, written atomically (see checkpoint.py); the metrics
+        logged so far are flushed first, so a resume from this checkpoint finds them."""
         if not self.is_main:
             return None
-        path = self.out / CHECKPOINT
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
-        return path
+        if log is not None:
+            log.flush()
+        return save_checkpoint(self.state_dict(), self.out, self.step)
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        return latest_checkpoint(self.out)
 
     def resume(self, path: Optional[str] = None) -> None:
-        path = Path(path) if path else self.out / CHECKPOINT
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint to resume from at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("format") != "pomp-pretrain-checkpoint":
-            raise ValueError(f"{path} is not a pre-training checkpoint (a final prompt file? "
-                             "those start new runs through prompt.init_words or are evaluated)")
+        """Continue from ``path`` (default: the newest checkpoint in the output folder)."""
+        path = Path(path) if path else (self.latest_checkpoint() or self.out / CHECKPOINT)
+        state = load_checkpoint(path)
         if state["ctx"].shape != self.prompt.ctx.shape:
             raise ValueError(f"checkpoint prompt {tuple(state['ctx'].shape)} does not match this "
                              f"config's {tuple(self.prompt.ctx.shape)}")
@@ -222,6 +224,7 @@ class Pretrainer:
         self.proposal.load_state_dict(state["proposal"])
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.skipped = state["step"], state["skipped"]
+        self.pending_validation = state.get("pending_validation", False)
         logger.info("resumed from %s at step %d", path, self.step)
 
     # ---------------------------------------------------------------- training
@@ -269,6 +272,7 @@ class Pretrainer:
         """Top-1 over all N classes on the held-out split (rank 0)."""
         if not self.index.val or not self.is_main:
             return None
+        kill_point("validation", self.step)
         with self._autocast():
             feats, labels = image_features(self.model, self.index.val_root or self.index.root, self.index.val,
                                            eval_transform(self.cfg.data.image_size), batch_size=64,
@@ -288,12 +292,15 @@ class Pretrainer:
     def fit(self) -> Path:
         """Train to the end (or train.max_steps); return the final prompt file."""
         cfg = self.cfg
-        log = MetricsLog(self.out, cfg.train.tensorboard, resume_step=self.step) if self.is_main else None
+        log = MetricsLog(self.out, cfg.train.tensorboard, resume_step=self.step,
+                         redo_key="val_top1" if self.pending_validation else None) if self.is_main else None
         bar = tqdm(total=self.total_steps, initial=self.step, desc="pomp", unit="step",
                    disable=not self.is_main, dynamic_ncols=True)
         images_per_step = cfg.optim.batch_size * self.world
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
         try:
+            if self.pending_validation:  # resumed from an epoch end killed before or during its validation
+                self._validate(log)
             while self.step < self.total_steps:
                 epoch, offset = divmod(self.step, self.steps_per_epoch)
                 self.sampler.set_epoch(epoch)
@@ -314,19 +321,18 @@ class Pretrainer:
                                         lr=f"{metrics['lr']:.2e}", img_s=f"{speed:.1f}")
                     if log and metrics and (self.step % cfg.train.log_every == 0 or self.step == self.total_steps):
                         log.log(self.step, {**metrics, "epoch": epoch, "images_per_s": speed})
-                    if self.step % cfg.train.save_every == 0:
-                        self.save_checkpoint()
+                    epoch_end = self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps
+                    if self.step % cfg.train.save_every == 0 and not epoch_end:  # epoch ends save below
+                        self.save_checkpoint(log)
+                    kill_point("step", self.step)
                     if self.step >= self.total_steps:
                         break
-                self.save_checkpoint()
-                if self.step % self.steps_per_epoch == 0 or self.step >= self.total_steps:
-                    top1 = self.evaluate()
-                    if top1 is not None and log:
-                        log.log(self.step, {"val_top1": top1, "epoch": epoch})
-                        logger.info("epoch %d: val top-1 over %d classes %.2f%%", epoch, self.num_classes, 100 * top1)
-                    self._barrier()  # the other ranks wait for rank 0's validation here
+                self.pending_validation = True  # an epoch end (or the last step): validate after saving
+                self.save_checkpoint(log)
+                kill_point("epoch_end", self.step)
+                self._validate(log)
         except KeyboardInterrupt:
-            path = self.save_checkpoint()
+            path = self.save_checkpoint(log)
             if path:
                 logger.warning("interrupted at step %d; saved %s (continue with --resume)", self.step, path)
             raise
@@ -341,12 +347,27 @@ class Pretrainer:
             save_prompt(self.prompt, final, step=self.step, epoch=math.ceil(self.step / self.steps_per_epoch),
                         num_classes=self.num_classes,
                         k=cfg.sampling.k, correction=cfg.sampling.correction)
+            kill_point("final_prompt")
             plot = plot_curves(self.out / "metrics.jsonl", self.out / "training_curves.png",
                                title=f"POMP {cfg.model.name}, M={self.prompt.n_ctx}, K={cfg.sampling.k}, "
                                      f"N={self.num_classes}")
             logger.info("final prompt: %s; curves: %s; metrics: %s", final, plot, self.out / "metrics.jsonl")
         self._barrier()
         return final
+
+    def _validate(self, log: Optional[MetricsLog]) -> None:
+        epoch = (self.step - 1) // self.steps_per_epoch
+        top1 = self.evaluate()
+        if top1 is not None and log:
+            log.log(self.step, {"val_top1": top1, "epoch": epoch})
+            logger.info("epoch %d: val top-1 over %d classes %.2f%%", epoch, self.num_classes, 100 * top1)
+        self._barrier()  # the other ranks wait for rank 0's validation here
+        self.pending_validation = False
+
+    def write_config(self) -> None:
+        """config.json in the output folder (rank 0), written atomically."""
+        if self.is_main:
+            atomic_write_text(self.out / "config.json", json.dumps(self.cfg.to_dict(), indent=2))
 
 
 def _main_thread() -> bool:
