@@ -62,6 +62,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", kill_name: Optional[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, path.name)
     tmp = temporary_name(path)
     try:
         with open(tmp, mode) as f:

@@ -16,7 +16,7 @@ from typing import Dict, Optional
 
 import torch
 
-from ..durable import fsync_file, kill_point, temporary_name
+from ..durable import fsync_file, kill_point, remove_stale_temporaries, temporary_name
 
 logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pth"
@@ -27,6 +27,7 @@ FORMAT = "pomp-pretrain-checkpoint"
 def save_checkpoint(state: Dict, folder: Path, step: int) -> Path:
     """Write ``state`` as the newest checkpoint in ``folder``; the former newest becomes the previous."""
     path, prev = folder / CHECKPOINT, folder / PREVIOUS
+    remove_stale_temporaries(folder, CHECKPOINT)  # left by a run killed while saving
     tmp = temporary_name(path)
     try:
         torch.save(state, tmp)
