@@ -25,7 +25,7 @@ import torch
 KILL_ENV = "POMP_KILL_AT"
 
 
-def kill_point(name: str, step: Optional[int] = None) -> None:
+def kill_point(name: str, step: Optional[object] = None) -> None:
     """SIGKILL this process if ``POMP_KILL_AT`` names this point (``name`` or ``name:step``)."""
     want = os.environ.get(KILL_ENV)
     if want and (want == name or (step is not None and want == f"{name}:{step}")):

@@ -73,3 +73,41 @@ def test_novel_ap_comes_from_the_class_names(box_ap):
     # not a failed training
     assert random["APc"] > 20, random
     assert pomp["APr"] > random["APr"] + MARGIN, (pomp, random)
+
+
+def test_killed_run_requeued_with_resume_continues_and_keeps_every_checkpoint(world, tmp_path):
+    """tools/train_net.py SIGKILLed (POMP_KILL_AT) while saving its third checkpoint, then
+    the same --resume command line: it continues from the last whole checkpoint and finishes."""
+    import os
+    import signal
+    import subprocess
+
+    import torch
+
+    import train_net
+    from pomp_core.durable import KILL_ENV
+    from pomp_det.checkpoint import DurableCheckpointer
+
+    out = tmp_path / "run"
+    argv = ["--resume", "--world", str(world), "--config-file", str(ROOT / "configs/det/world/world-base_pomp.yaml"),
+            "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()",
+            "MODEL.POMP.CACHE_DIR", str(tmp_path / "cache"),
+            "MODEL.POMP.CLIP_PRETRAINED", str(ROOT / "pomp_core/weights/pomp_world_clip.pt")]
+    env = {**os.environ, KILL_ENV: "checkpoint_tmp:model_0000005", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/train_net.py"), *argv], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert "no checkpoint in" in proc.stdout + proc.stderr  # nothing to resume yet: started from scratch
+    assert (out / "last_checkpoint").read_text() == "model_0000003.pth"
+    assert (out / "model_0000005.incomplete.pth").is_file()
+
+    train_net.main(train_net.parser().parse_args(argv))
+    assert "Starting training from iteration 4" in (out / "log.txt").read_text()
+    assert sorted(p.name for p in out.glob("*.pth")) == [
+        "model_0000001.pth", "model_0000003.pth", "model_0000005.pth", "model_final.pth"]
+    assert (out / "last_checkpoint").read_text() == "model_final.pth"
+
+    final = out / "model_final.pth"  # truncated, as after a full disk: named, earlier ones listed
+    final.write_bytes(final.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=rf"checkpoint {final} is damaged.*model_0000005.pth"):
+        DurableCheckpointer(torch.nn.Linear(1, 1), str(out)).resume_or_load("", resume=True)

@@ -79,3 +79,36 @@ def test_resume_continues_the_iteration_counter(world, tmp_path):
     assert resumed.iter == 4 and (tmp_path / "iter_4.pth").is_file()
     log = Path(MMLogger.get_current_instance().log_file).read_text()
     assert "resumed epoch: 0, iter: 2" in log
+
+
+def test_killed_run_requeued_with_resume_continues_from_its_last_whole_checkpoint(world, tmp_path):
+    """tools/train_seg.py SIGKILLed (POMP_KILL_AT) while saving iter_4.pth, its last_checkpoint
+    tag then emptied (a kill while writing it); the same --resume command line continues from
+    iter_2.pth and finishes."""
+    import os
+    import signal
+    import subprocess
+
+    from pomp_core.durable import KILL_ENV
+
+    args = [PROMPT_CFG, "--resume", *_common(tmp_path, world), "--cfg-options", f"model.clip_pretrained={WEIGHTS}",
+            "default_hooks.checkpoint.interval=2", "train_cfg.max_iters=6"]
+    env = {**os.environ, KILL_ENV: "checkpoint_tmp:iter_4.pth", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(ROOT / "tools/train_seg.py"), *args], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert "no checkpoint in" in proc.stdout + proc.stderr  # nothing to resume yet: started from scratch
+    assert (tmp_path / "iter_2.pth").is_file() and (tmp_path / "iter_4.pth.incomplete").is_file()
+    assert not (tmp_path / "iter_4.pth").exists()
+    (tmp_path / "last_checkpoint").write_text("")
+
+    resumed = train_seg.main(args)
+    assert resumed.iter == 6
+    assert "resumed epoch: 0, iter: 2" in Path(MMLogger.get_current_instance().log_file).read_text()
+    assert sorted(p.name for p in tmp_path.glob("iter_*")) == ["iter_2.pth", "iter_4.pth", "iter_6.pth"]
+    assert (tmp_path / "prompt.pth").is_file()
+
+
+def test_resume_from_a_missing_checkpoint_is_an_error(world, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--resume .*nope.pth does not exist"):
+        train_seg.main([PROMPT_CFG, "--resume", str(tmp_path / "nope.pth"), *_common(tmp_path, world)])

@@ -8,7 +8,9 @@
 
 ``--num-gpus N`` without CUDA starts N CPU processes (gloo backend). ``--zoo-config NAME``
 starts from a detectron2 model-zoo config (configs may also say ``_BASE_: "zoo:NAME"``);
-``--world DIR`` registers a synthetic world's datasets.
+``--world DIR`` registers a synthetic world's datasets. ``--resume`` continues from the last
+checkpoint in OUTPUT_DIR and, when there is none yet (a requeued job that died early), starts
+from MODEL.WEIGHTS with a warning, as detectron2 does.
 """
 import logging
 import os
@@ -24,6 +26,8 @@ from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator, LVISEvaluator, verify_results
 
 import pomp_det
+from pomp_core.durable import KILL_ENV
+from pomp_det.checkpoint import DurableCheckpointer, KillPointHook
 from pomp_det.data.multi_dataset import build_multi_dataset_train_loader
 from pomp_det.data.world import register_world
 from pomp_det.launch import ddp_kwargs, launch
@@ -42,7 +46,8 @@ class Trainer(DefaultTrainer):
         model = create_ddp_model(model, **ddp_kwargs(cfg))
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        # checkpoints renamed once whole, an atomic last_checkpoint (pomp_det/checkpoint.py)
+        self.checkpointer = DurableCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
         self.register_hooks(self.build_hooks())
 
@@ -92,7 +97,12 @@ def main(args):
             verify_results(cfg, res)
         return res
     trainer = Trainer(cfg)
+    if args.resume and not trainer.checkpointer.has_checkpoint():
+        logging.getLogger("detectron2").warning("--resume: no checkpoint in %s yet; starting from "
+                                                "MODEL.WEIGHTS", cfg.OUTPUT_DIR)
     trainer.resume_or_load(resume=args.resume)
+    if os.environ.get(KILL_ENV):  # tests stop the real process at a named point
+        trainer.register_hooks([KillPointHook()])
     return trainer.train()
 
 
