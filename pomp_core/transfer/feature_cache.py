@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..durable import remove_stale_temporaries, temporary_name
 from ..zero_shot import encode_images
 from .datasets import ClassificationSet
 
@@ -121,7 +122,8 @@ class FeatureCache:
     @staticmethod
     def _write(path: Path, feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, meta: Dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        remove_stale_temporaries(path.parent, path.name)  # left by killed runs
+        tmp = temporary_name(path)  # unique across processes and hosts sharing the folder
         torch.save({"features": feats.contiguous(), "labels": labels, "index": index, "meta": meta}, tmp)
         os.replace(tmp, path)  # readers never see a half-written file
         logger.info("cached image features %s [%d x %d]", path, *feats.shape)
