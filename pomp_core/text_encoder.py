@@ -11,8 +11,9 @@ replaced by the learned vectors. For ``middle`` and ``front`` the release moves 
 ``len(tokenize(name))`` tokens after the context (the name, with a merged period if any)
 in front of the second half of the context or all of it. The feature is
 ``ln_final(x)[EOT] @ text_projection``. Because the text transformer is causal, the
-positions after a row's EOT never reach its EOT feature, so every batch is cut right
-after its longest EOT: exact, and most prompts are 10-30 of 77 tokens.
+positions after a row's EOT never reach its EOT feature, so each row is run only up to
+its EOT (``length_aware``: groups of equal length, shared leading positions once):
+exact, and most prompts are 10-30 of 77 tokens.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .length_aware import encode_causal, shared_prefix
 from .prompt import PromptLearner
 
 logger = logging.getLogger(__name__)
@@ -95,6 +97,7 @@ class PromptedTextEncoder:
         self.tower = text_tower(model)
         self.tokenizer = tokenizer
         self.truncate_names = truncate_names
+        self.min_group_rows = 16  # length groups smaller than this join the next longer one
         self._name_ids: Dict[str, List[int]] = {}
         self._tails: Dict[Tuple[str, int], List[int]] = {}
         (self.placeholder_id,) = tokenizer.encode("X")
@@ -202,7 +205,8 @@ class PromptedTextEncoder:
         slot = (is_ctx.cumsum(dim=1) - 1).clamp(min=0)
         ctx_full = torch.gather(ctx, 1, slot.unsqueeze(-1).expand(-1, -1, ctx.shape[-1]))
         x = torch.where(is_ctx.unsqueeze(-1), ctx_full, tower.token_embedding(ids).to(self.cast_dtype))
-        return self.forward_embeddings(x, ids, truncate)
+        # a class-specific context differs by row even where the placeholder ids agree
+        return self.forward_embeddings(x, ids, truncate, per_row=is_ctx if prompt.class_specific else None)
 
     @property
     def cast_dtype(self) -> torch.dtype:
@@ -213,20 +217,26 @@ class PromptedTextEncoder:
 
     def encode_ids(self, ids: torch.Tensor, truncate: bool = True) -> torch.Tensor:
         """Features of plain token ids (``tokenizer(texts)``), equal to ``model.encode_text``
-        but cut after the batch's longest EOT."""
+        but length-aware (``forward_embeddings``)."""
         ids = ids.to(self.tower.token_embedding.weight.device)
         return self.forward_embeddings(self.tower.token_embedding(ids).to(self.cast_dtype), ids, truncate)
 
-    def forward_embeddings(self, x: torch.Tensor, ids: torch.Tensor, truncate: bool = True) -> torch.Tensor:
-        """Token embeddings [N, L, W] -> text features [N, D]; ``ids`` locate the EOT."""
+    def forward_embeddings(self, x: torch.Tensor, ids: torch.Tensor, truncate: bool = True,
+                           per_row: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Token embeddings [N, L, W] -> text features [N, D]; ``ids`` locate the EOT.
+
+        With ``truncate`` and a causal tower the encoding is length-aware
+        (``pomp_core.length_aware``): rows grouped by length, each group cut after its own
+        longest EOT, and the leading positions shared by every row computed once
+        (``per_row`` marks positions whose vectors differ by row despite equal ids).
+        ``truncate=False`` is the plain computation over all positions.
+        """
         tower = self.tower
         eot = self.eot_index(ids)
         if truncate and self.causal:
-            x = x[:, : int(eot.max()) + 1]
-        length = x.shape[1]
-        x = x + tower.positional_embedding[:length].to(x.dtype)
-        mask = None if tower.attn_mask is None else tower.attn_mask[:length, :length]
-        x = tower.transformer(x, attn_mask=mask)
+            return encode_causal(tower, x, eot, shared_prefix(ids, eot, per_row), self.min_group_rows)
+        x = x + tower.positional_embedding.to(x.dtype)
+        x = tower.transformer(x, attn_mask=tower.attn_mask)
         x = tower.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot]
         return tower.project(x)
