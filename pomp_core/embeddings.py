@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
+from .progress import Progress
 from .prompt import PromptLearner
 from .text_encoder import PromptedTextEncoder
 from .vocabulary import VocabularySource, load_vocabulary
@@ -45,7 +45,7 @@ def class_embeddings(
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     show = progress if progress is not None else len(chunks) > 1
     out: Optional[torch.Tensor] = None
-    for chunk in tqdm(chunks, desc="class embeddings", unit="batch", disable=not show):
+    for chunk in Progress(chunks, desc="class embeddings", unit="batch", disable=not show):
         idx = torch.tensor(chunk)
         feats = encoder(prompt, [names[i] for i in chunk], class_ids=idx).float()
         if out is None:

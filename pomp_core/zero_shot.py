@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from .embeddings import class_embeddings
+from .progress import Progress
 from .prompt import PromptLearner
 from .pretrain.data import ImageListDataset, collate_skipping
 from .text_encoder import PromptedTextEncoder
@@ -67,7 +67,7 @@ def text_classifier(model: nn.Module, tokenizer: Callable, classifier: Classifie
         templates = [classifier] if isinstance(classifier, str) else list(classifier)
         encoder = PromptedTextEncoder(model, tokenizer)
         weights = 0
-        for template in tqdm(templates, desc="templates", unit="template", disable=len(templates) < 8):
+        for template in Progress(templates, desc="templates", unit="template", disable=len(templates) < 8):
             texts = [template.format(n) if isinstance(template, str) else template(n)
                      for n in (n.replace("_", " ") for n in unique)]
             weights = weights + torch.cat([F.normalize(encoder.encode_ids(tokenizer(texts[i:i + 512])).float(), dim=-1)
@@ -88,7 +88,7 @@ def encode_images(model: nn.Module, root: str | os.PathLike, items: Sequence[Tup
                         num_workers=workers, collate_fn=collate_skipping)
     param = next(model.parameters())  # images in the model's dtype (an fp16 model takes fp16)
     feats, index, skipped = [], [], 0
-    for batch in tqdm(loader, desc="image features", unit="batch", disable=not progress):
+    for batch in Progress(loader, desc="image features", unit="batch", disable=not progress):
         skipped += int(batch["skipped"])
         if "images" in batch:
             feats.append(F.normalize(model.encode_image(batch["images"][:, 0].to(param.device, param.dtype)).float(), dim=-1).cpu())

@@ -74,10 +74,10 @@ EOF
   echo "$work/${file%.tar.gz}"
 }
 
-build_wheel() {  # wheel-glob src-dir [env...]: build into the cache unless already there
-  local glob="$1" src="$2"; shift 2
+build_wheel() {  # wheel-glob src-dir note [env...]: build into the cache unless already there
+  local glob="$1" src="$2" note="$3"; shift 3
   if ! compgen -G "$cache/$glob" >/dev/null; then
-    log "building $glob from source (mmcv takes ~9 minutes on 2 cores; cached afterwards)"
+    log "building ${glob%-\*.whl} from source$note; cached in $cache afterwards"
     env "$@" "${pip[@]}" wheel -q --no-deps --no-build-isolation -w "$cache" "$src"
   fi
   "${pip[@]}" install -q --no-deps --force-reinstall $(compgen -G "$cache/$glob" | head -1)
@@ -92,7 +92,7 @@ if ! "$venv/bin/python" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$
   else
     src=/nonexistent
   fi
-  build_wheel "mmcv-$mmcv_v-*.whl" "$src" MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=2
+  build_wheel "mmcv-$mmcv_v-*.whl" "$src" " with its C++ ops (~9 minutes on 2 cores)" MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=2
   # mmcv's runtime dependencies (addict, yapf, ...) were skipped by --no-deps.
   "${pip[@]}" install -q addict yapf packaging -c "$cache/.stack-reqs.txt"
 fi
@@ -111,7 +111,7 @@ if ! "$venv/bin/python" -c "import detectron2.modeling, detectron2.model_zoo as 
   else
     src=/nonexistent
   fi
-  build_wheel "pb1_detectron2-$d2_v-*.whl" "$src"
+  build_wheel "pb1_detectron2-$d2_v-*.whl" "$src" " (pure Python, without its C++ ops)"
   # detectron2's pure-Python dependencies, minus its pinned `black` (only used to
   # pretty-print LazyConfig files) which would downgrade click.
   "${pip[@]}" install -q termcolor yacs tabulate cloudpickle 'fvcore>=0.1.5,<0.1.6' \

@@ -24,9 +24,9 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from ..durable import atomic_write, fsync_file, kill_point, remove_stale_temporaries, temporary_name
+from ..progress import Progress
 from .data import ImageListDataset, collate_skipping, sample_seed
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def build_feature_cache(trainer, images: ImageListDataset, folder: Path) -> Tupl
         tmp = temporary_name(path, ".tmp.npy")
         feats = None  # allocated once the first batch tells the feature width
         valid = np.zeros(len(images), dtype=bool)
-        bar = tqdm(total=len(images) * cfg.train.cache_views, desc="feature cache", unit="view")
+        bar = Progress(total=len(images) * cfg.train.cache_views, desc="feature cache", unit="view")
         for view in range(cfg.train.cache_views):
             one_view.set_epoch(view)
             loader = DataLoader(one_view, batch_size=64, num_workers=cfg.data.workers, collate_fn=collate_skipping)

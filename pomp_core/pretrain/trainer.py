@@ -17,11 +17,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..clip_loader import load_clip
 from ..durable import atomic_write_text, kill_point
 from ..embeddings import class_embeddings
+from ..progress import Progress
 from ..prompt import PromptLearner
 from ..prompt_io import save_prompt
 from ..text_encoder import PromptedTextEncoder, text_tower
@@ -294,8 +294,8 @@ class Pretrainer:
         cfg = self.cfg
         log = MetricsLog(self.out, cfg.train.tensorboard, resume_step=self.step,
                          redo_key="val_top1" if self.pending_validation else None) if self.is_main else None
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="pomp", unit="step",
-                   disable=not self.is_main, dynamic_ncols=True)
+        bar = Progress(total=self.total_steps, initial=self.step, desc="pomp", unit="step",
+                       disable=not self.is_main)
         images_per_step = cfg.optim.batch_size * self.world
         previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
         try:

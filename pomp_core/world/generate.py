@@ -18,8 +18,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from ..progress import Progress
 from .render import render, sample_radius
 from .vocabulary import ObjectClass, all_classes, split_classes
 
@@ -71,7 +71,7 @@ def write_classification(cfg: WorldConfig, out: Path) -> Dict[str, str]:
     classes, seen, unseen = world_classes(cfg)
     pre = out / "classification" / "pretrain"
     lines = []
-    for c in tqdm(seen, desc="pretrain images", unit="class", leave=False):
+    for c in Progress(seen, desc="pretrain images", unit="class", leave=False):
         folder = f"c{c:04d}"
         lines.append(f"{folder} {classes[c].name}")
         for i in range(cfg.pretrain_per_class):
@@ -125,7 +125,7 @@ def write_detection(cfg: WorldConfig, out: Path) -> Dict[str, str]:
     for split, n_img, key in (("train", cfg.det_images[0], 5), ("val", cfg.det_images[1], 6)):
         images, anns = [], []
         counts = {c: [0, set()] for c in vocab}
-        for i in tqdm(range(n_img), desc=f"detection {split}", leave=False):
+        for i in Progress(range(n_img), desc=f"detection {split}", leave=False):
             img, objs = _scene(cfg, vocab, classes, _rng(cfg, key, i))
             name = f"{split}/{i:05d}.png"
             _save(img, det / "images" / name)
@@ -167,7 +167,7 @@ def write_segmentation(cfg: WorldConfig, out: Path) -> Dict[str, str]:
     # holding an unlabelled unseen object would teach the mask head that it is background.
     seen_vocab = [c for c in vocab if c not in set(unseen)]
     for split, n_img, key in (("train", cfg.seg_images[0], 8), ("val", cfg.seg_images[1], 9)):
-        for i in tqdm(range(n_img), desc=f"segmentation {split}", leave=False):
+        for i in Progress(range(n_img), desc=f"segmentation {split}", leave=False):
             img, objs = _scene(cfg, seen_vocab if split == "train" else vocab, classes, _rng(cfg, key, i))
             label = np.full((cfg.scene_size, cfg.scene_size), 255, dtype=np.uint8)  # 255 = background/ignore
             for c, m in objs:

@@ -16,10 +16,10 @@ from typing import List
 import numpy as np
 import open_clip
 import torch
-from tqdm import tqdm
 
 from ..clip_loader import load_clip
 from ..pretrain.data import CLIP_MEAN, CLIP_STD
+from ..progress import Progress
 from ..text_encoder import PromptedTextEncoder
 from .generate import WorldConfig, render_single
 from .vocabulary import ObjectClass, all_classes
@@ -54,7 +54,7 @@ def render_pool(classes: List[ObjectClass], per_class: int, size: int, seed: int
     """uint8 images [C, per_class, 3, size, size] (seeded apart from the eval renderings)."""
     cfg = WorldConfig(seed=seed)
     pool = torch.empty(len(classes), per_class, 3, size, size, dtype=torch.uint8)
-    for c, cls in enumerate(tqdm(classes, desc="rendering", unit="class", leave=False)):
+    for c, cls in enumerate(Progress(classes, desc="rendering", unit="class", leave=False)):
         for i in range(per_class):
             rng = np.random.default_rng([cfg.seed, 100, c, i])
             pool[c, i] = torch.from_numpy(render_single(cls, size, rng)).permute(2, 0, 1)
@@ -79,7 +79,7 @@ def train_tiny_clip(out: str | os.PathLike = WEIGHTS, steps: int = 1200, batch_s
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    bar = tqdm(range(steps), desc="tiny CLIP", unit="step")
+    bar = Progress(range(steps), desc="tiny CLIP", unit="step")
     for step in bar:
         cls_idx = rng.choice(len(classes), size=batch_size, replace=False)
         img_idx = rng.integers(per_class, size=batch_size)
