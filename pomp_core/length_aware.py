@@ -108,19 +108,24 @@ def encode_causal(tower, x: torch.Tensor, eot: torch.Tensor, shared: int = 0, mi
     sharing = shared > 0 and supports_prefix_sharing(transformer)
     p = shared if sharing else 0
     ckpt = bool(getattr(transformer, "grad_checkpointing", False)) and torch.is_grad_enabled()
+    groups = length_groups(eot + 1, min_rows)
+    order = torch.cat([rows for rows, _ in groups]).to(x.device)
+    sizes = [len(rows) for rows, _ in groups]
+    # one gather into length order, then contiguous pieces: slicing x once per group would
+    # make backward allocate a zero gradient of the whole x for every group
+    pieces = torch.split(x[order], sizes)
+    eots = torch.split(eot[order], sizes)
     past = None
     if p:
-        prefix = x[:1, :p] + pos[:p].to(x.dtype)
+        prefix = pieces[0][:1, :p] + pos[:p].to(x.dtype)  # any row: the prefix is the same in all
         _, past = _run_blocks(transformer.resblocks, prefix, full_mask[:p, :p], None, ckpt)
-    feats, order = [], []
-    for rows, length in length_groups(eot + 1, min_rows):
-        rows = rows.to(x.device)
-        h = x[rows, p:length] + pos[p:length].to(x.dtype)
+    feats = []
+    for piece, row_eot, (_, length) in zip(pieces, eots, groups):
+        h = piece[:, p:length] + pos[p:length].to(x.dtype)
         if sharing:
             h, _ = _run_blocks(transformer.resblocks, h, full_mask[p:length, :length], past, ckpt)
         else:
             h = transformer(h, attn_mask=full_mask[:length, :length])
         h = tower.ln_final(h)
-        feats.append(h[torch.arange(len(rows), device=h.device), eot[rows] - p])
-        order.append(rows)
-    return tower.project(torch.cat(feats)[torch.argsort(torch.cat(order))])
+        feats.append(h[torch.arange(len(h), device=h.device), row_eot - p])
+    return tower.project(torch.cat(feats)[torch.argsort(order)])

@@ -195,6 +195,9 @@ class PromptedTextEncoder:
                 f"({prompt.model_name or 'see the prompt file metadata'}).")
         device = tower.token_embedding.weight.device
         ids, is_ctx = self.token_ids(names, prompt.n_ctx, prompt.position)
+        if truncate and self.causal:  # build embeddings only up to the longest EOT
+            length = int(self.eot_index(ids).max()) + 1
+            ids, is_ctx = ids[:, :length], is_ctx[:, :length]
         ids, is_ctx = ids.to(device), is_ctx.to(device)
         if prompt.class_specific and class_ids is None:
             class_ids = torch.arange(len(names))
@@ -218,6 +221,8 @@ class PromptedTextEncoder:
     def encode_ids(self, ids: torch.Tensor, truncate: bool = True) -> torch.Tensor:
         """Features of plain token ids (``tokenizer(texts)``), equal to ``model.encode_text``
         but length-aware (``forward_embeddings``)."""
+        if truncate and self.causal:
+            ids = ids[:, : int(self.eot_index(ids).max()) + 1]
         ids = ids.to(self.tower.token_embedding.weight.device)
         return self.forward_embeddings(self.tower.token_embedding(ids).to(self.cast_dtype), ids, truncate)
 
