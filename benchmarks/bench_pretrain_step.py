@@ -38,7 +38,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -82,12 +81,18 @@ def class_names(kind: str, n: int) -> List[str]:
     return list(names)[:n]
 
 
-def rss_mb() -> float:
+def status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
-    return 0.0
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak_rss() -> None:
+    """Reset the kernel's peak-RSS mark (VmHWM): no sampling thread competing with the step."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def available_mb() -> float:
@@ -96,24 +101,6 @@ def available_mb() -> float:
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) / 1024
     return float("inf")
-
-
-class PeakRSS(threading.Thread):
-    """Samples the process's RSS every 2 ms while a step runs (CPU tensors have no peak counter)."""
-
-    def __init__(self) -> None:
-        super().__init__(daemon=True)
-        self.peak, self.running = rss_mb(), True
-
-    def run(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, rss_mb())
-            time.sleep(0.002)
-
-    def stop(self) -> float:
-        self.running = False
-        self.join()
-        return max(self.peak, rss_mb())
 
 
 def run_one(cfg: Dict) -> Dict:
@@ -182,13 +169,12 @@ def run_one(cfg: Dict) -> Dict:
     for i in range(1 if chunk else cfg["repeats"] + 1):  # the first step is a warm-up (chunks warm each other up)
         gc.collect()
         libc.malloc_trim(0)  # hand freed memory back so RSS before the step is what is live
-        before = rss_mb()
-        monitor = PeakRSS()
-        monitor.start()
+        before = status_mb("VmRSS")
+        reset_peak_rss()
         start = time.perf_counter()
         encoded, text, ids = step(seed=i)
         times.append(time.perf_counter() - start)
-        peaks.append(monitor.stop() - before)
+        peaks.append(status_mb("VmHWM") - before)
         if first is None:
             first = (prompt.ctx.grad.clone(), text.detach().float(), ids)
     result = {**cfg, "prompts": encoded, "peak_mb": max(peaks[1:] or peaks)}
