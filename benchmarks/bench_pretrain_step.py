@@ -17,7 +17,8 @@ compares their gradients. Modes:
 
 Default rows: (a) 32 images x 1 view, K=128, M=16, the 1,000 ImageNet-1K names;
 (b) the recipe: 32 images x 4 views, K=1000, M=4, the 10,450 ImageNet-21K winter21 names
-(timm's imagenet21k_miil_w21_synsets.txt + imagenet_synset_to_lemma.txt). A release step
+(timm's imagenet21k_miil_w21_synsets.txt + imagenet_synset_to_lemma.txt, first lemma, as
+``data.lemmas=timm`` trains on them). A release step
 that would not fit in memory runs in chunks (features without gradient, the loss, then
 each chunk again with its share of the gradient: the release's exact gradient); its time
 is then the chunks' forward + backward and its peak is projected from the largest chunk.
@@ -49,6 +50,7 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 import pomp_core
 from pomp_core.pretrain.contrast import (build_contrast_batch, local_contrast_logits, local_contrast_loss,
                                          sample_negatives)
+from pomp_core.pretrain.data import read_lemmas, timm_info_file
 
 libc = ctypes.CDLL("libc.so.6")
 ROWS = {
@@ -58,12 +60,9 @@ ROWS = {
 
 
 def winter21_names() -> List[str]:
-    """The 10,450 winter21 class names, as timm ships them (WordNet lemmas, comma-separated)."""
-    import timm
-
-    info = Path(timm.__file__).parent / "data" / "_info"
-    lemma = dict(line.rstrip("\n").split("\t", 1) for line in open(info / "imagenet_synset_to_lemma.txt"))
-    return [lemma[w.strip()] for w in open(info / "imagenet21k_miil_w21_synsets.txt") if w.strip()]
+    """The 10,450 winter21 class names as ``data.lemmas=timm`` reads them (first lemma per wnid)."""
+    lemma = read_lemmas("timm")
+    return [lemma[w.strip()] for w in open(timm_info_file("imagenet21k_miil_w21_synsets.txt")) if w.strip()]
 
 
 def class_names(kind: str, n: int) -> List[str]:
