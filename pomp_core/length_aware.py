@@ -50,12 +50,14 @@ def shared_prefix(ids: torch.Tensor, eot: torch.Tensor, per_row: Optional[torch.
 
 
 def supports_prefix_sharing(transformer: nn.Module) -> bool:
-    """Blocks we can run with shared keys/values: open_clip's plain ResidualAttentionBlock."""
+    """Blocks we can run with shared keys/values: open_clip's plain ResidualAttentionBlock
+    (packed q/k/v projection, no attention dropout)."""
     from open_clip.transformer import ResidualAttentionBlock
 
     blocks = getattr(transformer, "resblocks", None)
     return bool(blocks) and all(type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv")
-                                and isinstance(b.attn, nn.MultiheadAttention) for b in blocks)
+                                and isinstance(b.attn, nn.MultiheadAttention) and not b.attn.dropout
+                                and b.attn.in_proj_weight is not None for b in blocks)
 
 
 def _block(block: nn.Module, h: torch.Tensor, mask: Optional[torch.Tensor],
