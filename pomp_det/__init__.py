@@ -4,6 +4,7 @@ detection). Importing the package registers the ROI heads, the meta-architecture
 import os
 
 from . import compat, meta_arch, roi_heads, tiny_backbone  # noqa: F401  (side effects: registries, _C build info)
+from . import backbones, centernet  # noqa: F401  (registries: CenterNet proposals, Detic's timm FPN)
 from .cfg_loader import get_pomp_cfg, load_pomp_cfg
 from .config import add_pomp_det_config
 from .data.builtin import register_builtin

@@ -1,6 +1,8 @@
 """``add_pomp_det_config(cfg)``: the config keys pomp_det adds to a detectron2 config."""
 from detectron2.config import CfgNode as CN
 
+from .centernet.config import add_centernet_config
+
 
 def add_pomp_det_config(cfg: CN) -> None:
     """Add the POMP classifier, federated loss, image-label and multi-dataset keys."""
@@ -78,3 +80,5 @@ def add_pomp_det_config(cfg: CN) -> None:
     # DistributedDataParallel(find_unused_parameters=...): image-label batches leave the box
     # regressor and the mask head without gradient (Detic's key and default).
     cfg.FIND_UNUSED_PARAM = True
+
+    add_centernet_config(cfg)  # MODEL.CENTERNET, MODEL.TIMM, SOLVER.OPTIMIZER (pomp_det/centernet)

@@ -27,6 +27,7 @@ from detectron2.evaluation import COCOEvaluator, LVISEvaluator, verify_results
 import pomp_det
 from pomp_core.durable import KILL_ENV
 from pomp_det.checkpoint import DurableCheckpointer, KillPointHook
+from pomp_det.centernet import build_optimizer
 from pomp_det.data.multi_dataset import build_multi_dataset_train_loader
 from pomp_det.data.world import register_world
 from pomp_det.launch import ddp_kwargs, launch
@@ -49,6 +50,10 @@ class Trainer(DefaultTrainer):
         self.checkpointer = DurableCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
         self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)  # SOLVER.OPTIMIZER: SGD (detectron2's) or ADAMW
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
