@@ -141,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     state = read_checkpoint(args.checkpoint)
     emb = detic_embeddings(state)
     cfg = load_pomp_cfg(args.config_file, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.TIMM.CHECKPOINT", "",
-                                           "MODEL.POMP.RANDOM_EMBEDDINGS_SEED", "0", "DATASETS.TRAIN", "()",
+                                           "MODEL.POMP.RANDOM_EMBEDDINGS_SEED", "0", "MODEL.POMP.USE_FED_LOSS", "False",
                                            "MODEL.POMP.EMBED_DIM", str(emb.shape[1]),
                                            "MODEL.ROI_HEADS.NUM_CLASSES", str(emb.shape[0]), *args.opts])
     converted, report = convert(state, build_model(cfg))
