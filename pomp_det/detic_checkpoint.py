@@ -131,8 +131,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     p.add_argument("--out", required=True, help="detectron2 checkpoint for MODEL.WEIGHTS")
     p.add_argument("--embeddings-out", default="", help="write Detic's class embeddings [C, D] here (.npy)")
     p.add_argument("--config-file", default="configs/det/centernet2/Detic_LbaseI_pomp_R5021k_640b64_4x_ft4x_max-size.yaml")
-    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides KEY VALUE ...")
-    args = p.parse_args(argv)
+    p.add_argument("opts", nargs="*", help="config overrides KEY VALUE ...")
+    args = p.parse_intermixed_args(argv)
 
     from detectron2.modeling import build_model
 

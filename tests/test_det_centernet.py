@@ -345,6 +345,14 @@ def test_detic_checkpoint_keys_map_onto_our_model(boxsup, tmp_path):
     emb = model.roi_heads.box_predictor[2].cls_score.embeddings
     torch.testing.assert_close(emb, torch.nn.functional.normalize(detic_embeddings(state), dim=1))
     assert emb.shape == (1203, 512)
+    # the command of docs/detection.md: a detectron2 checkpoint and Detic's embeddings as .npy
+    from pomp_det.detic_checkpoint import main
+
+    main([str(tmp_path / "detic.pth"), "--out", str(tmp_path / "d2.pth"), "--embeddings-out", str(tmp_path / "detic.npy"),
+          "--config-file", str(C2 / "Detic_LbaseI_pomp_R5021k_640b64_4x_ft4x_max-size.yaml")])
+    written = torch.load(tmp_path / "d2.pth", weights_only=True)["model"]
+    torch.testing.assert_close(written[name], state[name])
+    assert np.load(tmp_path / "detic.npy").shape == (1203, 512)
     # a checkpoint without a part of our model is refused, naming it
     del state["proposal_generator.centernet_head.agn_hm.bias"]
     with pytest.raises(ValueError, match="missing: proposal_generator.centernet_head.agn_hm.bias"):
