@@ -11,7 +11,7 @@ holds ``logit(score)``: ``sigmoid(objectness_logits)`` is CenterNet2's proposal 
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -158,7 +158,7 @@ class CenterNet(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: ImageList, features: Dict[str, torch.Tensor],
-                gt_instances: List[Instances] = None) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
+                gt_instances: Optional[List[Instances]] = None) -> Tuple[List[Instances], Dict[str, torch.Tensor]]:
         feats = [features[f] for f in self.in_features]
         heatmaps, regs = self.centernet_head(feats)
         grids = self.grids(feats)
