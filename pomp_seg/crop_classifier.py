@@ -2,14 +2,17 @@
 the mean colour, resized to CLIP's input size (POMP notes, section 8)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .clip import CLIP_MEAN, CLIP_STD
 
-def masked_crops(image: torch.Tensor, masks: torch.Tensor, size: int, min_crop_size: int = 0) -> torch.Tensor:
+
+def masked_crops(image: torch.Tensor, masks: torch.Tensor, size: int, min_crop_size: int = 0,
+                 mode: str = "bicubic") -> torch.Tensor:
     """[N, 3, size, size] crops of ``image`` [3, H, W] (CLIP-normalised) around each
     boolean mask [N, H, W]. Zero is the mean colour of a normalised image, so the
     pixels outside a mask (and outside the image) are zeroed; an empty mask gives an
@@ -18,7 +21,7 @@ def masked_crops(image: torch.Tensor, masks: torch.Tensor, size: int, min_crop_s
     ``min_crop_size`` > 0 grows each side of the box around its centre to at least that
     many pixels before resizing, so objects smaller than it keep their size relative to
     the crop (a CLIP that reads object size, such as the synthetic world's, needs it).
-    0 is ZSSeg's tight box.
+    0 is ZSSeg's tight box. ``mode``: the resize interpolation (ZSSeg: bicubic).
     """
     crops = image.new_zeros(len(masks), image.shape[0], size, size)
     pad = (min_crop_size + 1) // 2
@@ -34,33 +37,84 @@ def masked_crops(image: torch.Tensor, masks: torch.Tensor, size: int, min_crop_s
         y0, y1, x0, x1 = box
         masked = padded * (F.pad(mask, (pad, pad, pad, pad)) if pad else mask).to(image.dtype)
         crop = masked[:, y0:y1, x0:x1]
-        crops[i] = F.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False)[0]
+        crops[i] = F.interpolate(crop[None], size=(size, size), mode=mode, align_corners=False)[0]
     return crops
 
 
 class CLIPCropClassifier(nn.Module):
-    """Class probabilities [N, C] of masked crops against unit text embeddings [C, D].
+    """Class probabilities of masked crops against unit text embeddings [C, D].
 
-    ``temperature`` defaults to the CLIP model's own logit scale; ``min_crop_size`` as in
-    :func:`masked_crops`.
+    ``visual`` is a CLIP visual tower and ``logit_scale`` its model's scale (the default
+    ``temperature``). Images come normalised with ``input_mean`` / ``input_std`` (0-255
+    scale, RGB; e.g. ImageNet's for a segmentation backbone) and are re-normalised with
+    CLIP's statistics before cropping. ``min_crop_size`` as in :func:`masked_crops`.
     """
 
-    def __init__(self, clip_model: nn.Module, temperature: Optional[float] = None,
-                 min_crop_size: int = 0) -> None:
+    def __init__(self, visual: nn.Module, logit_scale: float, temperature: Optional[float] = None,
+                 min_crop_size: int = 0, input_mean: Sequence[float] = CLIP_MEAN,
+                 input_std: Sequence[float] = CLIP_STD) -> None:
         super().__init__()
-        self.visual = clip_model.visual
+        self.visual = visual
         size = self.visual.image_size
         self.input_size = int(size[0] if isinstance(size, (tuple, list)) else size)
-        self.temperature = float(temperature or clip_model.logit_scale.exp())
+        self.temperature = float(temperature or logit_scale)
         self.min_crop_size = min_crop_size
+        mean, std = torch.as_tensor(input_mean).float(), torch.as_tensor(input_std).float()
+        clip_mean, clip_std = torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD)
+        # x_clip = (x * std + mean - clip_mean) / clip_std
+        self.register_buffer("renorm_scale", (std / clip_std).view(3, 1, 1), persistent=False)
+        self.register_buffer("renorm_shift", ((mean - clip_mean) / clip_std).view(3, 1, 1), persistent=False)
+
+    def to_clip(self, image: torch.Tensor) -> torch.Tensor:
+        """An image normalised with the input statistics -> normalised with CLIP's."""
+        return image * self.renorm_scale + self.renorm_shift
 
     def crops(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        return masked_crops(image, masks, self.input_size, self.min_crop_size)
+        return masked_crops(self.to_clip(image), masks, self.input_size, self.min_crop_size)
 
     def image_features(self, crops: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual(crops).float(), dim=-1)
 
     @torch.no_grad()
-    def forward(self, image: torch.Tensor, masks: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-        feats = self.image_features(self.crops(image, masks))
-        return (self.temperature * feats @ text_embeds.t()).softmax(dim=-1)
+    def forward(self, image: torch.Tensor, masks: torch.Tensor,
+                text_embeds: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(probs [V, C], valid [N])``: probabilities of the ``V`` non-empty masks only
+        (``valid`` marks them); an empty mask has no crop to classify."""
+        valid = masks.flatten(1).any(dim=1)
+        if not valid.any():
+            return text_embeds.new_zeros(0, len(text_embeds)), valid
+        feats = self.image_features(self.crops(image, masks[valid]))
+        return (self.temperature * feats @ text_embeds.t()).softmax(dim=-1), valid
+
+
+def random_resized_masked_crop(image: torch.Tensor, mask: torch.Tensor, size: int,
+                               scale: Tuple[float, float] = (0.08, 1.0),
+                               ratio: Tuple[float, float] = (3 / 4, 4 / 3),
+                               generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """ZSSeg's stage-(a) view of one mask [H, W] in ``image`` [3, H, W] (CLIP-normalised):
+    the mask's box, then a random crop of ``scale`` of its area and ``ratio`` aspect (ten
+    tries, else the centred box), outside the mask filled with the mean (0), resized to
+    ``size`` [3, size, size]."""
+    ys, xs = torch.nonzero(mask, as_tuple=True)
+    if len(ys) == 0:
+        raise ValueError("random_resized_masked_crop needs a non-empty mask")
+    y0, x0 = int(ys.min()), int(xs.min())
+    box = image[:, y0:int(ys.max()) + 1, x0:int(xs.max()) + 1] * mask[y0:int(ys.max()) + 1, x0:int(xs.max()) + 1]
+    height, width = box.shape[1:]
+    rand = lambda: float(torch.rand((), generator=generator))  # noqa: E731
+    for _ in range(10):
+        area = height * width * (scale[0] + (scale[1] - scale[0]) * rand())
+        log_lo, log_hi = torch.log(torch.tensor(ratio[0])), torch.log(torch.tensor(ratio[1]))
+        aspect = float(torch.exp(log_lo + (log_hi - log_lo) * rand()))
+        w, h = int(round((area * aspect) ** 0.5)), int(round((area / aspect) ** 0.5))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rand() * (height - h + 1))
+            left = int(rand() * (width - w + 1))
+            break
+    else:  # the whole box, cut to the nearest allowed aspect
+        aspect = width / height
+        w = width if aspect <= ratio[1] else int(round(height * ratio[1]))
+        h = height if aspect >= ratio[0] else int(round(width / ratio[0]))
+        top, left = (height - h) // 2, (width - w) // 2
+    crop = box[:, top:top + h, left:left + w]
+    return F.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False)[0]

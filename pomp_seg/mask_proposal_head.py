@@ -21,12 +21,17 @@ from .text_classifier import TextEmbeddingClassifier
 @MODELS.register_module()
 class MaskProposalHead(MaskFormerHead):
     """``num_classes`` is the size of the training vocabulary (the seen classes): the
-    loss uses it as the "no object" label. ``embed_dims`` is the text embedding size."""
+    loss uses it as the "no object" label. ``embed_dims`` is the text embedding size;
+    ``embed_layers`` / ``embed_hidden_dims`` the depth and width of the query-to-text map
+    (ZSSeg: a 2-layer MLP, 1024 wide)."""
 
-    def __init__(self, embed_dims: int, temperature: float = 100.0, **kwargs) -> None:
+    def __init__(self, embed_dims: int, temperature: float = 100.0, embed_layers: int = 2,
+                 embed_hidden_dims: int = 1024, **kwargs) -> None:
         super().__init__(**kwargs)
         self.cls_embed = TextEmbeddingClassifier(kwargs["feat_channels"], embed_dims,
-                                                 temperature=temperature, no_object=True)
+                                                 temperature=temperature, no_object=True,
+                                                 proj_layers=embed_layers,
+                                                 proj_hidden=embed_hidden_dims)
 
     def set_class_embeddings(self, class_embeds: Tensor) -> None:
         self.cls_embed.set_class_embeddings(class_embeds)
@@ -38,13 +43,16 @@ class MaskProposalHead(MaskFormerHead):
                              f"num_classes={self.num_classes} (the seen classes); fix decode_head.num_classes")
         return super().loss(x, batch_data_samples, train_cfg)
 
-    def proposals(self, x: Tuple[Tensor], batch_img_metas: List[dict]) -> Tuple[Tensor, Tensor]:
+    def proposals(self, x: Tuple[Tensor], batch_img_metas: List[dict],
+                  input_shape: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
         """Class probabilities [B, Q, C] (no-object dropped) and mask logits [B, Q, H, W] at the
-        input size, from the last decoder layer."""
+        (padded) batch input size ``input_shape``, from the last decoder layer; mmseg's
+        ``postprocess_result`` removes the padding."""
         from mmseg.structures import SegDataSample
 
-        samples = [SegDataSample(metainfo=dict(meta, batch_input_shape=meta["img_shape"])) for meta in batch_img_metas]
+        samples = [SegDataSample(metainfo=dict(meta, batch_input_shape=tuple(input_shape)))
+                   for meta in batch_img_metas]
         all_cls, all_masks = self(x, samples)
-        masks = torch.nn.functional.interpolate(all_masks[-1], size=batch_img_metas[0]["img_shape"],
+        masks = torch.nn.functional.interpolate(all_masks[-1], size=tuple(input_shape),
                                                 mode="bilinear", align_corners=False)
         return all_cls[-1].softmax(dim=-1)[..., :-1], masks

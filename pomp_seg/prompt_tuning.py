@@ -20,7 +20,7 @@ from mmseg.utils import SampleList
 from pomp_core import PromptedTextEncoder, save_prompt
 
 from .clip import build_clip, build_prompt
-from .crop_classifier import CLIPCropClassifier
+from .crop_classifier import CLIPCropClassifier, random_resized_masked_crop
 from .datasets import resolve_split
 
 
@@ -35,12 +35,17 @@ class PromptTuner(BaseModel):
         min_crop_size: grow crop boxes to at least this many pixels (0 = the tight box,
             as in ZSSeg; see :func:`pomp_seg.crop_classifier.masked_crops`).
         prompt_trusted: unpickle the prompt file fully (raw Dassl checkpoints); trusted files only.
+        crops_per_image: seen classes cropped per image, drawn at random; None = all of them.
+            ZSSeg trains on one (image, class) record per sample, so its batch of 32 is 32 crops.
+        random_resized_crop: None = the mask's box resized; a dict (``scale``, ``ratio``)
+            crops a random part of the box first, as ZSSeg's stage (a) does on full images
+            (see :func:`pomp_seg.crop_classifier.random_resized_masked_crop`).
     """
 
     def __init__(self, class_split: str, clip_model: str = "ViT-B-16",
                  clip_pretrained: Optional[str] = "openai", prompt: Optional[str] = None,
                  init_words: Optional[str] = None, min_pixels: int = 16, min_crop_size: int = 0,
-                 prompt_trusted: bool = False,
+                 prompt_trusted: bool = False, crops_per_image: Optional[int] = None, random_resized_crop: Optional[dict] = None,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         classes, unseen = resolve_split(class_split)
@@ -52,8 +57,10 @@ class PromptTuner(BaseModel):
         self.prompt = build_prompt(prompt, clip, tokenizer, init_words, prompt_trusted)
         self.prompt.requires_grad_(True)
         self.text = PromptedTextEncoder(clip, tokenizer)
-        self.crops = CLIPCropClassifier(clip, min_crop_size=min_crop_size)
+        self.crops = CLIPCropClassifier(clip.visual, float(clip.logit_scale.exp()), min_crop_size=min_crop_size)
         self.min_pixels = min_pixels
+        self.crops_per_image = crops_per_image
+        self.random_resized_crop = None if random_resized_crop is None else dict(random_resized_crop)
 
     def train(self, mode: bool = True) -> "PromptTuner":
         super().train(mode)
@@ -70,7 +77,15 @@ class PromptTuner(BaseModel):
                 if c in self._lut and int(mask.sum()) >= self.min_pixels:
                     masks.append(mask)
                     ids.append(self._lut[c])
-            if masks:
+            if self.crops_per_image is not None and len(masks) > self.crops_per_image:
+                keep = torch.randperm(len(masks))[:self.crops_per_image].tolist()
+                masks, ids = [masks[k] for k in keep], [ids[k] for k in keep]
+            if masks and self.random_resized_crop is not None:
+                clip_img = self.crops.to_clip(img)
+                images.append(torch.stack([random_resized_masked_crop(
+                    clip_img, m, self.crops.input_size, **self.random_resized_crop) for m in masks]))
+                labels += ids
+            elif masks:
                 images.append(self.crops.crops(img, torch.stack(masks)))
                 labels += ids
         if not images:  # no seen object in this batch: a zero loss that keeps the graph

@@ -33,11 +33,21 @@ class ZSSegSegmentor(BaseSegmentor):
 
     Training scores queries against the ``seen_classes`` only (labels are remapped to
     that list; unseen pixels are already ignored by the dataset). Testing scores all
-    classes and, with ``ensemble_lambda`` set, ensembles with CLIP on masked crops.
+    classes and, with ``ensemble_lambda`` set, ensembles with CLIP on masked crops. A
+    proposal whose mask is empty after thresholding has no crop: its CLIP probability is
+    neutral (1 for every class), as in ZSSeg.
+
+    The backbone sees pixels normalised by ``data_preprocessor`` (ImageNet statistics for an
+    ImageNet backbone); CLIP's crops are re-normalised with CLIP's statistics.
 
     Args:
         seen_classes: names, a dataset type of ``pomp_seg.datasets`` or a classes.json.
+        region_text_encoder: a second text encoder (same CLIP, e.g. a separately learned
+            prompt) for the CLIP crop classifier (ZSSeg's ``SEPERATE_ADAPTER``); None = the
+            query classifier's ``text_encoder``. Its vocabulary follows ``text_encoder``'s.
         ensemble_lambda: λ (0.7 VOC, 0.8 COCO-Stuff); None = query classification only.
+        ensemble_seen: False ensembles every class as unseen (ZSSeg's cross-dataset tests,
+            whose datasets carry no seen flags).
         mask_threshold: sigmoid level that binarises a proposal for its crop.
         clip_temperature: scale of CLIP's crop logits; None = the CLIP's own logit scale.
         min_crop_size: grow crop boxes to at least this many pixels (0 = ZSSeg's tight box).
@@ -47,7 +57,9 @@ class ZSSegSegmentor(BaseSegmentor):
 
     def __init__(self, backbone: dict, decode_head: dict, text_encoder: dict,
                  seen_classes: str | Sequence[str], neck: OptConfigType = None,
-                 ensemble_lambda: Optional[float] = 0.7, mask_threshold: float = 0.5,
+                 region_text_encoder: OptConfigType = None,
+                 ensemble_lambda: Optional[float] = 0.7, ensemble_seen: bool = True,
+                 mask_threshold: float = 0.5,
                  clip_temperature: Optional[float] = None, min_crop_size: int = 0, train_cfg: OptConfigType = None,
                  test_cfg: OptConfigType = None, data_preprocessor: OptConfigType = None,
                  pretrained: Optional[str] = None, init_cfg: OptConfigType = None) -> None:
@@ -57,16 +69,29 @@ class ZSSegSegmentor(BaseSegmentor):
         self.backbone = MODELS.build(backbone)
         if neck is not None:
             self.neck = MODELS.build(neck)
-        self.text_encoder = MODELS.build(text_encoder)
+        # no background embedding: the proposal head has its own "no object" class
+        self.text_encoder = MODELS.build(dict(dict(text_encoder), cat_bg=False))
+        self.region_text_encoder = None
+        if region_text_encoder is not None:
+            region = {k: v for k, v in dict(region_text_encoder).items() if k != "dataset_name"}
+            region.update(vocabulary=list(self.text_encoder.class_names), cat_bg=False,
+                          clip=(self.text_encoder.clip, self.text_encoder.tokenizer))
+            self.region_text_encoder = MODELS.build(region)
         self.decode_head = MODELS.build(decode_head)
         self.align_corners = self.decode_head.align_corners
         self.num_classes = len(self.text_encoder.class_names)
         self.out_channels = self.num_classes
         self.seen_classes = resolve_seen(seen_classes)
         self.ensemble_lambda = ensemble_lambda
+        self.ensemble_seen = ensemble_seen
         self.mask_threshold = mask_threshold
-        self.crop_classifier = CLIPCropClassifier(self.text_encoder.clip, clip_temperature, min_crop_size) \
-            if ensemble_lambda is not None else None
+        self.crop_classifier = None
+        if ensemble_lambda is not None:
+            visual, logit_scale = self.text_encoder.visual()
+            norm = dict(input_mean=self.data_preprocessor.mean.flatten().tolist(),
+                        input_std=self.data_preprocessor.std.flatten().tolist()) \
+                if getattr(self.data_preprocessor, "_enable_normalize", False) else {}
+            self.crop_classifier = CLIPCropClassifier(visual, logit_scale, clip_temperature, min_crop_size, **norm)
         self.train_cfg = train_cfg
         self.test_cfg = test_cfg
 
@@ -87,10 +112,12 @@ class ZSSegSegmentor(BaseSegmentor):
         if not names:
             raise ValueError("empty vocabulary: give at least one class name")
         self.text_encoder.class_names = names
+        if self.region_text_encoder is not None:
+            self.region_text_encoder.class_names = names
         self.num_classes = self.out_channels = len(names)
 
     def is_seen(self) -> Tensor:
-        seen = set(self.seen_classes)
+        seen = set(self.seen_classes) if self.ensemble_seen else set()
         return torch.tensor([c in seen for c in self.text_encoder.class_names])
 
     # -- features ---------------------------------------------------------------------
@@ -120,13 +147,17 @@ class ZSSegSegmentor(BaseSegmentor):
         x = self.extract_feat(inputs)
         embeds = self.text_encoder.encode(self.text_encoder.class_names)
         self.decode_head.set_class_embeddings(embeds)
-        p_mf, mask_logits = self.decode_head.proposals(x, batch_img_metas)
+        p_mf, mask_logits = self.decode_head.proposals(x, batch_img_metas, inputs.shape[2:])
+        region = self.region_text_encoder
+        region_embeds = embeds if region is None else region.encode(self.text_encoder.class_names)
         out = []
         for b in range(len(inputs)):
             probs = p_mf[b]
             if self.crop_classifier is not None:
                 masks = mask_logits[b].sigmoid() > self.mask_threshold
-                p_clip = self.crop_classifier(inputs[b], masks, embeds)
+                p_valid, valid = self.crop_classifier(inputs[b], masks, region_embeds)
+                p_clip = torch.ones_like(probs)  # empty proposals: neutral
+                p_clip[valid] = p_valid.to(probs.dtype)
                 probs = ensemble_probs(probs, p_clip, self.is_seen().to(probs.device), self.ensemble_lambda)
             out.append(pixel_scores(probs, mask_logits[b]))
         return torch.stack(out)

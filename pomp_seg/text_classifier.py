@@ -18,22 +18,36 @@ class TextEmbeddingClassifier(nn.Module):
     [B, in_channels, H, W] (-> [B, C, H, W]), -1 for per-query features [..., Q,
     in_channels] (-> [..., Q, C]). ``no_object=True`` appends the score
     of a learned "no object" embedding as the last class (MaskFormer's extra class).
+    ``proj_layers`` maps features to text space with a linear layer (1) or an MLP of that
+    many layers of width ``proj_hidden`` (default ``in_channels``) with ReLU between them
+    (ZSSeg's query head: 2 layers, 1024 wide).
     The vocabulary is the ``class_embeds`` argument, or the one last given to
     :meth:`set_class_embeddings` (for callers such as mmdet heads that pass one tensor).
     """
 
     def __init__(self, in_channels: int, embed_dims: int, temperature: float = 100.0,
-                 no_object: bool = False, channel_dim: int = -1) -> None:
+                 no_object: bool = False, channel_dim: int = -1, proj_layers: int = 1,
+                 proj_hidden: Optional[int] = None) -> None:
         super().__init__()
+        if proj_layers < 1:
+            raise ValueError(f"proj_layers must be >= 1, got {proj_layers}")
         self.channel_dim = channel_dim
-        self.proj = nn.Linear(in_channels, embed_dims)
+        self.embed_dims = embed_dims
+        if proj_layers == 1:
+            self.proj = nn.Linear(in_channels, embed_dims)
+        else:
+            hidden = proj_hidden or in_channels
+            layers: list = []
+            for k in range(proj_layers - 1):
+                layers += [nn.Linear(in_channels if k == 0 else hidden, hidden), nn.ReLU(inplace=True)]
+            self.proj = nn.Sequential(*layers, nn.Linear(hidden, embed_dims))
         self.temperature = temperature
         self.no_object = nn.Parameter(torch.randn(1, embed_dims) * embed_dims ** -0.5) if no_object else None
         self.class_embeds: Optional[torch.Tensor] = None
 
     def set_class_embeddings(self, class_embeds: torch.Tensor) -> None:
-        if class_embeds.dim() != 2 or class_embeds.shape[1] != self.proj.out_features:
-            raise ValueError(f"class embeddings must be [C, {self.proj.out_features}], got "
+        if class_embeds.dim() != 2 or class_embeds.shape[1] != self.embed_dims:
+            raise ValueError(f"class embeddings must be [C, {self.embed_dims}], got "
                              f"{tuple(class_embeds.shape)}: the text encoder's embedding size must "
                              "match the classifier's embed_dims")
         self.class_embeds = class_embeds
@@ -59,8 +73,9 @@ def make_zero_shot(head: nn.Module, classifier: TextEmbeddingClassifier,
     ``head.conv_seg.set_class_embeddings``."""
     if not hasattr(head, "conv_seg"):
         raise TypeError(f"{type(head).__name__} has no conv_seg to replace (not an mmseg BaseDecodeHead)")
-    if classifier.proj.in_features != head.channels:
-        raise ValueError(f"classifier in_channels {classifier.proj.in_features} != head channels {head.channels}")
+    in_channels = classifier.proj.in_features if isinstance(classifier.proj, nn.Linear) else classifier.proj[0].in_features
+    if in_channels != head.channels:
+        raise ValueError(f"classifier in_channels {in_channels} != head channels {head.channels}")
     classifier.set_class_embeddings(class_embeds)
     classifier.channel_dim = 1
     head.conv_seg = classifier

@@ -34,6 +34,8 @@ def load_config(args: argparse.Namespace) -> Config:
     cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
+    if args.launcher != "none":
+        _cpu_distributed(cfg)
     # mmseg's rule: --work-dir, else the config's work_dir, else ./work_dirs/<config name>
     if args.work_dir:
         cfg.work_dir = args.work_dir
@@ -41,6 +43,21 @@ def load_config(args: argparse.Namespace) -> Config:
         cfg.work_dir = osp.join("./work_dirs", osp.splitext(osp.basename(args.config))[0])
     trust_checkpoints_under(cfg.work_dir)
     return cfg
+
+
+def _cpu_distributed(cfg: Config) -> None:
+    """Multi-process runs without GPUs: mmengine's pytorch launcher selects a CUDA device and
+    gives DDP one, which CPU processes cannot; start the process group with gloo (nccl needs
+    GPUs) and wrap the model without device ids."""
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        return
+    if cfg.launcher == "pytorch" and not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    cfg.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+                                 find_unused_parameters=cfg.get("find_unused_parameters", False))
 
 
 def _replace(node, old: str, new: str):
@@ -51,14 +68,21 @@ def _replace(node, old: str, new: str):
     return new if node == old else node
 
 
+def _datasets(loader_cfg) -> list:
+    """The dataset configs of a dataloader, inside a ConcatDataset too."""
+    ds = loader_cfg.dataset
+    return list(ds.datasets) if ds.get("type") == "ConcatDataset" else [ds]
+
+
 def set_data_root(cfg: Config, root: str) -> None:
-    """Point every dataloader, and every model key equal to the old root, at ``root``."""
+    """Point every dataloader's dataset(s), and every model key equal to an old root, at ``root``."""
     if not osp.isdir(root):
         raise FileNotFoundError(f"--data-root '{root}' does not exist")
-    loaders = [k for k in ("train_dataloader", "val_dataloader", "test_dataloader") if cfg.get(k)]
-    old = {cfg[k].dataset.get("data_root") for k in loaders} - {None}
-    for k in loaders:
-        cfg[k].dataset.data_root = root
+    datasets = [d for k in ("train_dataloader", "val_dataloader", "test_dataloader") if cfg.get(k)
+                for d in _datasets(cfg[k])]
+    old = {d.get("data_root") for d in datasets} - {None}
+    for d in datasets:
+        d.data_root = root
     for value in old:
         cfg.model = _replace(cfg.model.to_dict(), value, root)
 

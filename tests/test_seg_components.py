@@ -31,7 +31,7 @@ def mmseg_scope():
 def encoder(tiny_clip):
     model, tokenizer, _ = tiny_clip
     return MODELS.build(dict(type="POMPTextEncoder", vocabulary=NAMES, clip=(model, tokenizer),
-                             init_words="a photo of a"))
+                             init_words="a photo of a", cat_bg=False))
 
 
 def test_text_encoder_matches_class_embeddings_and_the_clip_text_encoder_call(encoder, tiny_clip):
@@ -190,7 +190,7 @@ def test_masked_crops_fill_outside_the_mask_with_the_mean():
     mask = torch.zeros(2, 8, 8, dtype=torch.bool)
     mask[0, 2:6, 2:4] = True
     mask[0, 2, 3] = False  # a hole inside the box: filled with the mean (0)
-    crops = masked_crops(img, mask, 4)
+    crops = masked_crops(img, mask, 4, mode="bilinear")  # bicubic (the default) overshoots at edges
     assert crops.shape == (2, 3, 4, 4)
     assert crops[0].max() == 1.0 and crops[0].min() == 0.0
     assert crops[1].abs().sum() == 0  # empty mask: an all-mean crop
@@ -221,3 +221,21 @@ def test_vocabulary_mismatch_is_a_clear_error(world):
         check_vocabulary(cfg, "val_dataloader")
     cfg.model.text_encoder.vocabulary = world["seg_root"]
     check_vocabulary(cfg, "val_dataloader")
+
+
+def test_world_real_training_condition_keeps_unseen_objects_labelled_ignore(tmp_path):
+    from pomp_core.world.generate import WorldConfig, write_world
+
+    cfg = WorldConfig(seg_classes=8, seg_images=(6, 1), seg_train_unseen=True)
+    root = write_world(tmp_path, cfg, parts=("segmentation",))["seg_root"]
+    unseen = json.loads(open(f"{root}/classes.json").read())["unseen"]
+    pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")]
+    prefix = dict(img_path="img_dir/train", seg_map_path="ann_dir/train")
+    full = DATASETS.build(dict(type="WorldSegDataset", data_root=root, data_prefix=prefix, pipeline=pipeline))
+    train = DATASETS.build(dict(type="WorldSegDataset", data_root=root, data_prefix=prefix, pipeline=pipeline,
+                                ignore_unseen=True))
+    raw = np.stack([full[i]["gt_seg_map"] for i in range(len(full))])
+    seen_only = np.stack([train[i]["gt_seg_map"] for i in range(len(train))])
+    is_unseen = np.isin(raw, unseen)
+    assert is_unseen.any()  # unseen objects in training scenes, as in VOC / COCO-Stuff
+    assert (seen_only[is_unseen] == 255).all() and (seen_only[~is_unseen] == raw[~is_unseen]).all()

@@ -22,6 +22,8 @@ def main() -> None:
     for f in dataclasses.fields(WorldConfig):
         if f.type in ("int", "float"):
             p.add_argument(f"--{f.name.replace('_', '-')}", type=int if f.type == "int" else float, default=f.default)
+        elif f.type == "bool":
+            p.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
     args = p.parse_args()
     setup_logging()
     cfg = WorldConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WorldConfig) if hasattr(args, f.name)})

@@ -25,6 +25,7 @@ model = dict(
     decode_head=dict(
         type='MaskProposalHead',
         embed_dims=64,  # text embedding size of the CLIP (pomp-world: 64, ViT-B/16: 512)
+        embed_layers=1,  # a linear query-to-text map (ZSSeg: 2-layer MLP) for this tiny head
         temperature=100.0,
         num_classes=num_seen,
         in_channels=[16, 32, 64, 128], in_index=[0, 1, 2, 3],

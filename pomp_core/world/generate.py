@@ -37,6 +37,10 @@ class WorldConfig:
     det_images: Tuple[int, int] = (120, 40)  # train, val scenes
     seg_classes: int = 20
     seg_images: Tuple[int, int] = (120, 40)
+    # False: training scenes hold seen classes only. True: the real training condition of
+    # VOC / COCO-Stuff, unseen objects in training scenes too (the seg datasets' ignore_unseen
+    # labels them ignore when loading); validation scenes are the same either way.
+    seg_train_unseen: bool = False
 
 
 def world_classes(cfg: WorldConfig) -> Tuple[List[ObjectClass], List[int], List[int]]:
@@ -163,9 +167,9 @@ def write_segmentation(cfg: WorldConfig, out: Path) -> Dict[str, str]:
     n_unseen = max(1, int(round(cfg.seg_classes * cfg.unseen_fraction)))
     vocab = sorted(_subset(unseen, n_unseen, rng) + _subset(seen, cfg.seg_classes - n_unseen, rng))
     seg = out / "segmentation"
-    # Unseen classes appear in validation scenes only (training images holding them dropped): a training scene
-    # holding an unlabelled unseen object would teach the mask head that it is background.
-    seen_vocab = [c for c in vocab if c not in set(unseen)]
+    # By default unseen classes appear in validation scenes only: a training scene holding an
+    # unlabelled unseen object teaches the mask head that it is background (seg_train_unseen).
+    seen_vocab = vocab if cfg.seg_train_unseen else [c for c in vocab if c not in set(unseen)]
     for split, n_img, key in (("train", cfg.seg_images[0], 8), ("val", cfg.seg_images[1], 9)):
         for i in Progress(range(n_img), desc=f"segmentation {split}", leave=False):
             img, objs = _scene(cfg, seen_vocab if split == "train" else vocab, classes, _rng(cfg, key, i))

@@ -1,25 +1,32 @@
-# ZSSeg-style stage (b) at full size: ResNet-50 + MaskFormer proposal head (100 queries),
-# text features of the stage-(a) prompt through CLIP ViT-B/16, CLIP crop ensemble at test.
+# ZSSeg's stage (b) model (zero_shot_maskformer_R101c): ResNet-101 with the deep stem and
+# multi-grid (1, 2, 4) last stage, frozen BN as detectron2's, ImageNet-normalised input;
+# MaskFormer proposal head (100 queries, 6 decoder layers) whose queries reach text space
+# through a 2-layer MLP; text features of the stage-(a) prompt through CLIP ViT-B/16 and
+# the CLIP crop ensemble at test time (crops re-normalised with CLIP's statistics).
 custom_imports = dict(imports=['pomp_seg'], allow_failed_imports=False)
 data_preprocessor = dict(
     type='SegDataPreProcessor',
-    mean=[122.770938, 116.7460125, 104.09373615],
-    std=[68.5005327, 66.6321579, 70.32316305],
-    bgr_to_rgb=True, pad_val=0, seg_pad_val=255, size=(512, 512))
+    mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],  # ImageNet, for the backbone
+    bgr_to_rgb=True, pad_val=0, seg_pad_val=255, size=(512, 512),
+    test_cfg=dict(size_divisor=32))
 num_seen = 15
 model = dict(
     type='ZSSegSegmentor',
     data_preprocessor=data_preprocessor,
     seen_classes=None,  # set by the dataset config
     ensemble_lambda=0.7,
+    mask_threshold=0.5,
     text_encoder=dict(type='POMPTextEncoder', dataset_name=None, clip_model='ViT-B-16',
                       clip_pretrained='openai', prompt=None, init_words=None),
     backbone=dict(
-        type='ResNet', depth=50, num_stages=4, out_indices=(0, 1, 2, 3), dilations=(1, 1, 1, 1),
-        strides=(1, 2, 2, 2), norm_cfg=dict(type='SyncBN', requires_grad=True), norm_eval=True,
-        style='pytorch', init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')),
+        type='ResNetV1c', depth=101, num_stages=4, out_indices=(0, 1, 2, 3),
+        dilations=(1, 1, 1, 1), strides=(1, 2, 2, 2), multi_grid=(1, 2, 4),
+        norm_cfg=dict(type='BN', requires_grad=False), norm_eval=True, style='pytorch',
+        contract_dilation=True,
+        init_cfg=dict(type='Pretrained', checkpoint='open-mmlab://resnet101_v1c')),
     decode_head=dict(
-        type='MaskProposalHead', embed_dims=512, temperature=100.0, num_classes=num_seen,
+        type='MaskProposalHead', embed_dims=512, embed_layers=2, embed_hidden_dims=1024,
+        temperature=100.0, num_classes=num_seen,
         in_channels=[256, 512, 1024, 2048], in_index=[0, 1, 2, 3], feat_channels=256,
         out_channels=256, num_queries=100,
         pixel_decoder=dict(type='mmdet.PixelDecoder', norm_cfg=dict(type='GN', num_groups=32),
@@ -51,3 +58,19 @@ model = dict(
             sampler=dict(type='mmdet.MaskPseudoSampler'))),
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))
+# AdamW 1e-4, backbone x0.1, no decay on norms and query embeddings, full-model gradient
+# clipping at 0.01, polynomial decay (power 0.9) to 0: ZSSeg's WarmupPolyLR without warm-up.
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.999), weight_decay=1e-4),
+    clip_grad=dict(max_norm=0.01, norm_type=2),
+    paramwise_cfg=dict(norm_decay_mult=0.0,
+                       custom_keys={'backbone': dict(lr_mult=0.1), 'query_embed': dict(decay_mult=0.0)}))
+max_iters = 20000
+param_scheduler = [dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=max_iters, by_epoch=False)]
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=5000)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+default_hooks = dict(
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=5000),
+    logger=dict(type='LoggerHook', interval=50, log_metric_by_epoch=False))
