@@ -68,7 +68,8 @@ def test_demo_draws_each_image_with_the_given_vocabulary(voc_tiny, tmp_path, cap
     assert out == [str(tmp_path / "out" / "photo_seg.png")]
     drawn = Image.open(out[0])
     assert drawn.width == max(2 * 56, 260) and drawn.height > 40  # image | overlay, legend below
-    printed = capsys.readouterr().out.split("->")[0].split(":", 1)[1]
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"{img}:")][0]
+    printed = line.split("->")[0].split(":", 1)[1]
     assert {n.strip() for n in printed.split(",")} <= {"cat", "wall", "tree"}
     with pytest.raises(FileNotFoundError, match="cannot read image"):
         demo_seg.main([str(cfg_path), str(ckpt), "--input", str(tmp_path / "no.jpg"), "--output", str(tmp_path)])
