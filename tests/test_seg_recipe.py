@@ -226,6 +226,28 @@ def test_cross_dataset_tests_treat_every_class_as_unseen(config, lam, thr, tiny_
     assert not model.is_seen().any()  # even the names COCO-Stuff's seen set shares
 
 
+def _small_images(path):
+    """The config's pipelines at 64 px (the real ones resize to 320-960 px: slow on CPU)."""
+    cfg = Config.fromfile(str(path))
+    sizes = {"RandomChoiceResize": dict(scales=[64], max_size=128), "RandomCrop": dict(crop_size=(64, 64)),
+             "ResizeShortestEdge": dict(scale=64, max_size=128)}
+
+    def shrink(node):
+        if isinstance(node, dict):
+            node.update(sizes.get(node.get("type"), {}))
+            for v in node.values():
+                shrink(v)
+        elif isinstance(node, list):
+            for v in node:
+                shrink(v)
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        shrink(cfg[key])
+    cfg.model.data_preprocessor.size = (64, 64)
+    out = path.with_name("small.py")
+    cfg.dump(str(out))
+    return out
+
+
 def _run_one_step(config, data_root, tmp_path, extra):
     loaders = {f"{k}.{o}": v for k in ("train_dataloader", "val_dataloader", "test_dataloader")
                for o, v in (("num_workers", 0), ("persistent_workers", False))}
@@ -233,6 +255,7 @@ def _run_one_step(config, data_root, tmp_path, extra):
         **TINY_MODEL, **loaders, **extra, "train_cfg.max_iters": 1, "train_cfg.val_interval": 10,
         "default_hooks.checkpoint.interval": 1}, tail=(
         "param_scheduler = [dict(type='PolyLR', eta_min=0.0, power=0.9, begin=0, end=1, by_epoch=False)]\n"))
+    cfg = _small_images(cfg)
     args = [str(cfg), "--work-dir", str(tmp_path / "work"), "--data-root", str(data_root)]
     runner = train_seg.main(args)
     assert runner.iter == 1 and (tmp_path / "work" / "iter_1.pth").is_file()
