@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import pomp_core
+from frameworks import require
 from pomp_core import PromptLearner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,16 +46,22 @@ def release_load_model(directory: Path, epoch, module: nn.Module) -> int:
     return checkpoint["epoch"]
 
 
-def test_raw_dassl_checkpoint_needs_trust_then_loads(tmp_path):
+def write_raw_dassl_checkpoint(path: Path) -> ReleaseLearner:
+    """A Dassl checkpoint of the release's prompt learner, as its trainer saves it."""
     torch.manual_seed(0)
     learner = ReleaseLearner(4, 64, n_cls=7)
     with torch.no_grad():
         learner.ctx.normal_(0, 0.02)
     optim = torch.optim.SGD(learner.parameters(), lr=0.002, momentum=0.9)
     sched = WarmupScheduler(optim, torch.optim.lr_scheduler.CosineAnnealingLR(optim, 5.0))
-    path = tmp_path / "model.pth.tar-5"
     torch.save({"state_dict": learner.state_dict(), "epoch": 5, "optimizer": optim.state_dict(),
                 "scheduler": sched.state_dict(), "val_result": None}, path)
+    return learner
+
+
+def test_raw_dassl_checkpoint_needs_trust_then_loads(tmp_path):
+    path = tmp_path / "model.pth.tar-5"
+    learner = write_raw_dassl_checkpoint(path)
     with pytest.raises(ValueError, match="trusted=True"):
         pomp_core.load_prompt(path)
     prompt = pomp_core.load_prompt(path, trusted=True)
@@ -109,3 +116,25 @@ def test_export_for_the_release_load_model_round_trip(tmp_path, dtype):
     with pytest.raises(ValueError, match="records no epoch"):
         plain = pomp_core.save_prompt(prompt, tmp_path / "plain.pth")
         export_prompt.main(["--prompt", str(plain), "--out", str(tmp_path / "x")])
+
+
+def test_detector_and_segmentor_pass_trust_explicitly(tmp_path):
+    """pomp_det (MODEL.POMP.PROMPT_TRUSTED) and pomp_seg (prompt_trusted) refuse a raw Dassl
+    checkpoint unless trust is given, then encode with its context."""
+    require("detectron2")
+    require("mmseg")
+    from pomp_det.embeddings import encode_vocabulary
+    from pomp_seg.clip import build_prompt
+
+    path = tmp_path / "model.pth.tar-5"
+    learner = write_raw_dassl_checkpoint(path)
+    names = ["cat", "bow (weapon)", "traffic light"]
+    with pytest.raises(ValueError, match="trusted=True"):
+        encode_vocabulary(names, "pomp-tiny", "", prompt=str(path), cache_dir=None)
+    emb = encode_vocabulary(names, "pomp-tiny", "", prompt=str(path), cache_dir=None, prompt_trusted=True)
+    model, tokenizer, _ = pomp_core.load_clip("pomp-tiny")
+    with pytest.raises(ValueError, match="trusted=True"):
+        build_prompt(str(path), model, tokenizer)
+    prompt = build_prompt(str(path), model, tokenizer, trusted=True)
+    assert torch.equal(prompt.ctx, learner.ctx.detach().float())
+    assert emb.shape == (3, model.text_projection.shape[1])
