@@ -11,6 +11,8 @@ from typing import Callable, Optional, Tuple
 import open_clip
 import torch
 
+from .cli import WeightsUnavailable
+
 logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
@@ -24,6 +26,37 @@ def is_torchscript_archive(path: str | os.PathLike) -> bool:
     with zipfile.ZipFile(path) as archive:
         # TorchScript archives carry their code and constants next to the pickled data.
         return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+
+
+def is_local_path(pretrained: str) -> bool:
+    """A ``pretrained`` value that names a file (a separator or an extension), not a tag."""
+    return os.sep in pretrained or bool(Path(pretrained).suffix) or os.path.isfile(pretrained)
+
+
+def _cache_folders() -> str:
+    try:
+        from huggingface_hub.constants import HF_HUB_CACHE
+    except ImportError:  # open_clip then downloads from URLs only
+        HF_HUB_CACHE = "~/.cache/huggingface/hub"
+    return f"{HF_HUB_CACHE} (Hugging Face hub) or {os.path.expanduser('~/.cache/clip')} (URLs)"
+
+
+def fetch_pretrained(model_name: str, tag: str) -> None:
+    """Download (or find in open_clip's cache) the weights of an open_clip tag.
+
+    Offline, open_clip's own error is a long traceback after a minute of retries; this
+    turns it into one message naming the offline alternatives.
+    """
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    try:
+        open_clip.download_pretrained(cfg)
+    except Exception as err:  # urllib, requests and huggingface_hub each raise their own
+        reason = " ".join(str(err).split())[:200]
+        raise WeightsUnavailable(
+            f"cannot download the '{tag}' weights of {model_name} ({type(err).__name__}: {reason}). "
+            f"Offline, pass a local file as --pretrained (an OpenAI TorchScript archive such as "
+            f"ViT-B-16.pt, a state dict or an open_clip checkpoint), or copy the downloaded weights "
+            f"into open_clip's cache folder: {_cache_folders()}") from err
 
 
 def resolve_model_name(model_name: str, pretrained: Optional[str] = None) -> str:
@@ -67,7 +100,7 @@ def load_clip(
     """
     force_quick_gelu = bool(quick_gelu)
     weights_only = True
-    if pretrained is not None and (os.sep in pretrained or Path(pretrained).suffix):
+    if pretrained is not None and is_local_path(pretrained):
         if not os.path.isfile(pretrained):
             raise FileNotFoundError(
                 f"CLIP checkpoint '{pretrained}' does not exist. Pass an existing file, or an "
@@ -76,6 +109,8 @@ def load_clip(
             # TorchScript archives cannot be read with weights_only=True; they are OpenAI's.
             weights_only, force_quick_gelu = False, quick_gelu is not False
     name = resolve_model_name(model_name, pretrained)
+    if pretrained and not os.path.isfile(pretrained) and open_clip.get_pretrained_cfg(name, pretrained):
+        fetch_pretrained(name, pretrained)
     model, _, preprocess = open_clip.create_model_and_transforms(
         name, pretrained=pretrained, device=device, precision=precision,
         force_quick_gelu=force_quick_gelu, weights_only=weights_only)

@@ -17,6 +17,7 @@ from typing import List, Optional, Tuple
 import torch
 
 import pomp_core
+from pomp_core.cli import check_clip_args, run_tool
 from pomp_core.log import setup_logging
 from pomp_core.transfer import classify
 
@@ -37,6 +38,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[Tuple[str, float]]]]:
     args = parse_args(argv)
+    if not os.path.exists(args.image):
+        raise FileNotFoundError(f"--image '{args.image}' does not exist (an image file or a folder of images)")
     names = pomp_core.load_vocabulary(args.vocabulary)
     if os.path.isfile(args.prompt):
         classifier = pomp_core.load_prompt(args.prompt, trusted=args.trusted)
@@ -44,6 +47,7 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[Tuple[str, fl
         classifier = args.prompt
     else:
         raise FileNotFoundError(f"--prompt '{args.prompt}' is neither a prompt file nor a template with '{{}}'")
+    check_clip_args(args.model, args.pretrained)
     model, tokenizer, preprocess = pomp_core.load_clip(args.model, pretrained=args.pretrained, device=args.device)
     rows = classify(model, tokenizer, preprocess, args.image, classifier, names, args.topk, args.batch_size)
     for path, top in rows:
@@ -55,4 +59,4 @@ def main(argv: Optional[List[str]] = None) -> List[Tuple[str, List[Tuple[str, fl
 
 if __name__ == "__main__":
     setup_logging()
-    main()
+    run_tool(main)

@@ -12,19 +12,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pomp_core.cli import run_tool
 from pomp_core.log import setup_logging
+from pomp_core.pretrain.config import load_config
 from pomp_core.world.main_job import run
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output-dir", type=Path, default=REPO / "output/world")
     p.add_argument("--config", default=str(REPO / "configs/pomp/world_tiny.yaml"))
     p.add_argument("overrides", nargs="*", help="pre-training config overrides, e.g. sampling.k=128")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     setup_logging()
+    load_config(args.config, args.overrides)  # a bad key fails now, not after the world is written
     run(args.output_dir, args.config, overrides=args.overrides)
     out = args.output_dir
     print((out / "results.md").read_text())
@@ -34,4 +37,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 import pomp_core
+from pomp_core.cli import check_clip_args, run_tool
 from pomp_core.log import setup_logging
 from pomp_core.transfer import (DATASETS, GROUPS, FeatureCache, ModelIdentity, build_datasets, evaluate,
                                 parse_prompt, write_report)
@@ -68,6 +69,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     if len(set(labels)) != len(labels):
         raise ValueError(f"two prompts share a label in {labels}: name them with label=source")
     datasets = build_datasets(args.datasets, args.root, args.split)
+    check_clip_args(args.model, args.pretrained)
     model, tokenizer, preprocess = pomp_core.load_clip(args.model, pretrained=args.pretrained, device=device)
     identity = ModelIdentity.of(model, getattr(model, "pomp_model_name", args.model), args.pretrained, preprocess)
     cache = FeatureCache(None if args.no_cache else args.cache_dir, identity, args.batch_size, args.workers)
@@ -84,4 +86,4 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
 
 if __name__ == "__main__":
     setup_logging()
-    main()
+    run_tool(main)

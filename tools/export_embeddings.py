@@ -17,6 +17,7 @@ from typing import List, Optional
 import torch
 
 import pomp_core
+from pomp_core.cli import check_clip_args, run_tool
 from pomp_core.log import setup_logging
 
 
@@ -42,12 +43,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> List[Path]:
     args = parse_args(argv)
-    model, tokenizer, _ = pomp_core.load_clip(args.model, pretrained=args.pretrained, device=args.device)
-    if args.prompt:
-        prompt = pomp_core.load_prompt(args.prompt, trusted=args.trusted)
-    else:
-        prompt = pomp_core.PromptLearner.from_words(args.init_words, model, tokenizer)
+    # every input is checked before CLIP loads (a download, or a minute of retries offline)
+    prompt = pomp_core.load_prompt(args.prompt, trusted=args.trusted) if args.prompt else None
     names = pomp_core.load_vocabulary(args.vocabulary)
+    check_clip_args(args.model, args.pretrained)
+    model, tokenizer, _ = pomp_core.load_clip(args.model, pretrained=args.pretrained, device=args.device)
+    if prompt is None:
+        prompt = pomp_core.PromptLearner.from_words(args.init_words, model, tokenizer)
     emb = pomp_core.class_embeddings(model, tokenizer, prompt, names, normalize=False,
                                      batch_size=args.batch_size, truncate_names=args.truncate_names)
     written = []
@@ -60,4 +62,4 @@ def main(argv: Optional[List[str]] = None) -> List[Path]:
 
 if __name__ == "__main__":
     setup_logging()
-    main()
+    run_tool(main)

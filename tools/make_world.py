@@ -10,11 +10,12 @@ import dataclasses
 import json
 from pathlib import Path
 
+from pomp_core.cli import run_tool
 from pomp_core.log import setup_logging
 from pomp_core.world.generate import WorldConfig, write_world
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--parts", nargs="+", default=["classification", "detection", "segmentation"],
@@ -24,7 +25,7 @@ def main() -> None:
             p.add_argument(f"--{f.name.replace('_', '-')}", type=int if f.type == "int" else float, default=f.default)
         elif f.type == "bool":
             p.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     setup_logging()
     cfg = WorldConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WorldConfig) if hasattr(args, f.name)})
     files = write_world(args.out, cfg, parts=args.parts)
@@ -32,4 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -17,6 +17,7 @@ import logging
 import os
 from typing import List, Optional
 
+from pomp_core.cli import run_tool
 from pomp_core.log import setup_logging
 from pomp_core.pretrain.config import load_config
 from pomp_core.pretrain.trainer import Pretrainer
@@ -55,4 +56,4 @@ def main(argv: Optional[List[str]] = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -61,7 +61,7 @@ def render_pool(classes: List[ObjectClass], per_class: int, size: int, seed: int
     return pool
 
 
-def train_tiny_clip(out: str | os.PathLike = WEIGHTS, steps: int = 1200, batch_size: int = 256,
+def train_tiny_clip(out: str | os.PathLike, steps: int = 1200, batch_size: int = 256,
                     lr: float = 2e-3, per_class: int = 12, seed: int = 0) -> Path:
     """Train ``pomp-world`` from scratch and save its fp16 state dict (OpenAI key layout)."""
     torch.manual_seed(seed)
