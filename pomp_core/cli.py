@@ -32,10 +32,10 @@ def error_line(err: BaseException) -> str:
     return "error: " + " ".join(str(msg).split())
 
 
-def run_tool(main: Callable[..., Any], *args: Any) -> Any:
+def run_tool(main: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run a tool's ``main``; a user error prints one line on stderr and exits with code 2."""
     try:
-        return main(*args)
+        return main(*args, **kwargs)
     except USER_ERRORS as err:
         if os.environ.get("POMP_DEBUG"):
             raise

@@ -32,6 +32,7 @@ def load_config(args: argparse.Namespace) -> Config:
     if args.data_root:
         set_data_root(cfg, args.data_root)
     cfg.merge_from_dict(args.cfg_options)
+    check_data_roots(cfg)
     cfg.launcher = args.launcher
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     if args.launcher != "none":
@@ -85,6 +86,16 @@ def set_data_root(cfg: Config, root: str) -> None:
         d.data_root = root
     for value in old:
         cfg.model = _replace(cfg.model.to_dict(), value, root)
+
+
+def check_data_roots(cfg: Config) -> None:
+    """Each dataloader's data root exists: fail before the model (and its CLIP) is built."""
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        root = (cfg.get(key) or {}).get("dataset", {}).get("data_root")
+        if root and not osp.isdir(root):
+            raise FileNotFoundError(
+                f"{key}'s data root '{root}' does not exist: pass --data-root DIR (see docs/segmentation.md; "
+                "the synthetic world's: tools/make_world.py --parts segmentation)")
 
 
 def check_vocabulary(cfg: Config, loader_key: str) -> None:

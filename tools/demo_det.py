@@ -15,11 +15,13 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.visualizer import Visualizer
 
 import pomp_det
+from pomp_core.cli import require_file, run_tool
 from pomp_det.data.world import register_world
+from pomp_det.input_checks import check_cfg_inputs
 from pomp_det.vocabulary import configure_vocabulary
 
 
-def parse_args():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config-file", required=True)
     p.add_argument("--zoo-config", default="", help="detectron2 model-zoo config to start from")
@@ -30,14 +32,18 @@ def parse_args():
     p.add_argument("--world", default="", help="register the synthetic world written in this folder")
     p.add_argument("--confidence", type=float, default=0.5)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    require_file(args.config_file, "--config-file")
+    for path in args.input:
+        require_file(path, "--input image")
     if args.world:
         register_world(args.world)
     cfg = pomp_det.load_pomp_cfg(args.config_file, args.opts, zoo_config=args.zoo_config)
+    check_cfg_inputs(cfg, datasets=False)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
@@ -64,4 +70,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

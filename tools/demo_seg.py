@@ -16,6 +16,7 @@ from mmengine.config import Config, DictAction
 from mmseg.apis import inference_model, init_model
 from PIL import Image
 
+from pomp_core.cli import require_file, run_tool
 from pomp_seg.checkpoint import trust_checkpoints_under
 from pomp_seg.text_encoder import vocabulary_names
 from pomp_seg.visualize import draw_segmentation
@@ -32,8 +33,10 @@ def main(argv=None) -> list:
     p.add_argument("--device", default="cpu")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, default={})
     args = p.parse_args(argv)
-    if not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(f"checkpoint '{args.checkpoint}' does not exist")
+    require_file(args.config, "config")
+    require_file(args.checkpoint, "checkpoint")
+    for path in args.input:
+        require_file(path, "--input image")
     cfg = Config.fromfile(args.config)
     cfg.merge_from_dict(args.cfg_options)
     trust_checkpoints_under(os.path.dirname(os.path.abspath(args.checkpoint)))  # named by the user
@@ -44,8 +47,6 @@ def main(argv=None) -> list:
     os.makedirs(args.output, exist_ok=True)
     written = []
     for path in args.input:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"cannot read image '{path}'")
         seg = inference_model(model, path).pred_sem_seg.data[0].cpu().numpy()
         image = np.asarray(Image.open(path).convert("RGB"))
         out = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0] + "_seg.png")
@@ -56,4 +57,4 @@ def main(argv=None) -> list:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

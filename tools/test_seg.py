@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 
-
 from mmengine.runner import Runner
 
+from pomp_core.cli import run_tool
 from pomp_seg.checkpoint import trust_checkpoints_under
 from pomp_seg.tool_utils import base_parser, check_vocabulary, load_config
 
@@ -27,4 +27,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -25,11 +25,13 @@ from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator, LVISEvaluator, verify_results
 
 import pomp_det
+from pomp_core.cli import require_file, run_tool
 from pomp_core.durable import KILL_ENV
 from pomp_det.checkpoint import DurableCheckpointer, KillPointHook
 from pomp_det.centernet import build_optimizer
 from pomp_det.data.multi_dataset import build_multi_dataset_train_loader
 from pomp_det.data.world import register_world
+from pomp_det.input_checks import check_cfg_inputs, check_gpus
 from pomp_det.launch import ddp_kwargs, launch
 from pomp_det.vocabulary import vocabulary_for_dataset
 
@@ -110,6 +112,16 @@ def main(args):
     return trainer.train()
 
 
+def check_inputs(args) -> None:
+    """Fail in the launching process, in a second, on a missing file or a bad key."""
+    check_gpus(args.num_gpus)
+    if args.config_file:
+        require_file(args.config_file, "--config-file")
+    if args.world:
+        register_world(args.world)
+    check_cfg_inputs(pomp_det.load_pomp_cfg(args.config_file, args.opts, zoo_config=args.zoo_config))
+
+
 def parser():
     p = default_argument_parser()
     p.add_argument("--zoo-config", default="", help="detectron2 model-zoo config to start from, "
@@ -121,5 +133,6 @@ def parser():
 if __name__ == "__main__":
     args = parser().parse_args()
     logging.getLogger(__name__).info("Command line arguments: %s", args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    run_tool(check_inputs, args)
+    run_tool(launch, main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+             dist_url=args.dist_url, args=(args,))

@@ -16,6 +16,7 @@ import os.path as osp
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
+from pomp_core.cli import run_tool
 from pomp_core.durable import KILL_ENV
 from pomp_seg.durable import DurableRunner, KillPointHook, checkpoint_to_resume
 from pomp_seg.tool_utils import base_parser, check_vocabulary, load_config
@@ -52,4 +53,4 @@ def main(argv=None) -> Runner:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

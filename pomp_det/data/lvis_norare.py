@@ -57,4 +57,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pomp_core.cli import run_tool
+
+    run_tool(main)

@@ -1,0 +1,48 @@
+"""Checks of a detector config's inputs that tools/train_net.py and tools/demo_det.py run
+before building a model or spawning processes: one clear error instead of a traceback from
+deep inside detectron2 (or one per worker process)."""
+from __future__ import annotations
+
+import os
+
+from pomp_core.cli import UserError, require_file
+
+EXPORT_HINT = "write it with tools/export_embeddings.py (docs/detection.md)"
+
+
+def _is_local(path: str) -> bool:
+    return bool(path) and "://" not in path
+
+
+def check_gpus(num_gpus: int, num_machines: int = 1) -> None:
+    import torch
+
+    have = torch.cuda.device_count()
+    if num_gpus > max(have, 1):
+        raise UserError(f"--num-gpus {num_gpus} asks for {num_gpus} GPUs per machine, this machine has "
+                        f"{have} CUDA GPU(s): pass --num-gpus {max(have, 1)}")
+
+
+def check_cfg_inputs(cfg, datasets: bool = True) -> None:
+    """Every file the config names exists: weights, class embeddings, test vocabularies and
+    the registered datasets' annotation files."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    if _is_local(cfg.MODEL.WEIGHTS):
+        require_file(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS")
+    p = cfg.MODEL.POMP
+    if p.EMBEDDINGS and p.RANDOM_EMBEDDINGS_SEED < 0:
+        require_file(os.path.expanduser(p.EMBEDDINGS), "MODEL.POMP.EMBEDDINGS", EXPORT_HINT)
+    for key in ("PROMPT", "TEST_VOCABULARY"):
+        value = p.get(key, "")
+        if isinstance(value, str) and value.endswith((".npy", ".pth", ".tar", ".json", ".txt")):
+            require_file(value, f"MODEL.POMP.{key}", EXPORT_HINT if value.endswith(".npy") else "")
+    if not datasets:
+        return
+    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
+        if name not in DatasetCatalog.list():
+            raise UserError(f"dataset '{name}' is not registered (for the synthetic world, pass --world DIR)")
+        json_file = MetadataCatalog.get(name).get("json_file")
+        if json_file:
+            require_file(json_file, f"the annotations of dataset '{name}'",
+                         "see docs/detection.md for the datasets/ layout (DETECTRON2_DATASETS sets its root)")
