@@ -4,9 +4,11 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import socket
 import zipfile
 from pathlib import Path
 from typing import Callable, Optional, Tuple
+from urllib.parse import urlparse
 
 import open_clip
 import torch
@@ -41,22 +43,52 @@ def _cache_folders() -> str:
     return f"{HF_HUB_CACHE} (Hugging Face hub) or {os.path.expanduser('~/.cache/clip')} (URLs)"
 
 
+def _cached(cfg: dict) -> bool:
+    """Whether open_clip's download of this tag would find the file without the network."""
+    if cfg.get("hf_hub"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return False
+        repo, filename = os.path.split(cfg["hf_hub"])
+        names = [filename] if filename else ["open_clip_pytorch_model.bin", "open_clip_model.safetensors"]
+        return any(isinstance(try_to_load_from_cache(repo, n), str) for n in names)
+    url = cfg.get("url", "")
+    return bool(url) and os.path.isfile(os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url)))
+
+
+def _unreachable(cfg: dict) -> Optional[str]:
+    """Why the tag's download host cannot be reached, in a few seconds (None if it can)."""
+    if cfg.get("hf_hub"):
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    else:
+        host = urlparse(cfg.get("url", "")).hostname
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as err:
+        return f"{host} is unreachable: {err}"
+    return None
+
+
 def fetch_pretrained(model_name: str, tag: str) -> None:
     """Download (or find in open_clip's cache) the weights of an open_clip tag.
 
     Offline, open_clip's own error is a long traceback after a minute of retries; this
-    turns it into one message naming the offline alternatives.
+    fails in seconds with one message naming the offline alternatives.
     """
     cfg = open_clip.get_pretrained_cfg(model_name, tag)
-    try:
-        open_clip.download_pretrained(cfg)
-    except Exception as err:  # urllib, requests and huggingface_hub each raise their own
-        reason = " ".join(str(err).split())[:200]
+    reason = None if _cached(cfg) else _unreachable(cfg)
+    if reason is None:
+        try:
+            open_clip.download_pretrained(cfg)
+        except Exception as err:  # urllib, requests and huggingface_hub each raise their own
+            reason = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    if reason is not None:
         raise WeightsUnavailable(
-            f"cannot download the '{tag}' weights of {model_name} ({type(err).__name__}: {reason}). "
+            f"cannot download the '{tag}' weights of {model_name} ({reason}). "
             f"Offline, pass a local file as --pretrained (an OpenAI TorchScript archive such as "
             f"ViT-B-16.pt, a state dict or an open_clip checkpoint), or copy the downloaded weights "
-            f"into open_clip's cache folder: {_cache_folders()}") from err
+            f"into open_clip's cache folder: {_cache_folders()}")
 
 
 def resolve_model_name(model_name: str, pretrained: Optional[str] = None) -> str:
