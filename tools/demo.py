@@ -26,8 +26,8 @@ def main(argv=None) -> None:
     p.add_argument("--config", default=str(REPO / "configs/pomp/world_tiny.yaml"))
     p.add_argument("overrides", nargs="*", help="pre-training config overrides, e.g. sampling.k=128")
     args = p.parse_args(argv)
-    setup_logging()
     load_config(args.config, args.overrides)  # a bad key fails now, not after the world is written
+    setup_logging()
     run(args.output_dir, args.config, overrides=args.overrides)
     out = args.output_dir
     print((out / "results.md").read_text())

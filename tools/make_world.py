@@ -26,6 +26,13 @@ def main(argv=None) -> None:
         elif f.type == "bool":
             p.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
     args = p.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        raise NotADirectoryError(f"--out '{args.out}' is a file; give a folder")
+    if not 0 < args.unseen_fraction < 1:
+        raise ValueError(f"--unseen-fraction must be between 0 and 1, got {args.unseen_fraction}")
+    negative = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if isinstance(v, (int, float)) and v < 0]
+    if negative:
+        raise ValueError(f"sizes and counts cannot be negative: {', '.join(negative)}")
     setup_logging()
     cfg = WorldConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WorldConfig) if hasattr(args, f.name)})
     files = write_world(args.out, cfg, parts=args.parts)
