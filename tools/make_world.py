@@ -25,16 +25,20 @@ def main(argv=None) -> None:
             p.add_argument(f"--{f.name.replace('_', '-')}", type=int if f.type == "int" else float, default=f.default)
         elif f.type == "bool":
             p.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default)
+        elif f.type == "Tuple[int, int]":  # (train, val) scene counts
+            p.add_argument(f"--{f.name.replace('_', '-')}", type=int, nargs=2, default=f.default,
+                           metavar=("TRAIN", "VAL"))
     args = p.parse_args(argv)
     if args.out.exists() and not args.out.is_dir():
         raise NotADirectoryError(f"--out '{args.out}' is a file; give a folder")
     if not 0 < args.unseen_fraction < 1:
         raise ValueError(f"--unseen-fraction must be between 0 and 1, got {args.unseen_fraction}")
-    negative = [f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if isinstance(v, (int, float)) and v < 0]
+    sizes = {f.name: getattr(args, f.name) for f in dataclasses.fields(WorldConfig) if hasattr(args, f.name)}
+    negative = [f"--{k.replace('_', '-')} {v}" for k, v in sizes.items() if min(v if isinstance(v, (list, tuple)) else [v]) < 0]
     if negative:
         raise ValueError(f"sizes and counts cannot be negative: {', '.join(negative)}")
     setup_logging()
-    cfg = WorldConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(WorldConfig) if hasattr(args, f.name)})
+    cfg = WorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()})
     files = write_world(args.out, cfg, parts=args.parts)
     print(json.dumps(files, indent=1))
 
