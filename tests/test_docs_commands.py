@@ -27,6 +27,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -89,23 +90,23 @@ def parse(doc: Path) -> List[Block]:
             continue
         if line.startswith("```"):
             lang = line[3:].strip()
-            fence = Block(doc.name if lang in SHELL_FENCES else "", i, "")
+            fence = Block(doc.relative_to(ROOT) if lang in SHELL_FENCES else "", i, "")
             for at, m in pending:
-                assert lang in SHELL_FENCES, f"{doc.name}:{at}: docs-test marker above a '{lang}' block"
+                assert lang in SHELL_FENCES, f"{doc.relative_to(ROOT)}:{at}: docs-test marker above a '{lang}' block"
                 if r := REPLACE.fullmatch(m):
                     fence.replace.append((r.group(1), r.group(2)))
                 elif r := MODE.fullmatch(m):
                     fence.modes.append((r.group(1), r.group(2), r.group(3)))
                 else:
-                    raise AssertionError(f"{doc.name}:{at}: unreadable docs-test marker '{m}' (see this test's docstring)")
+                    raise AssertionError(f"{doc.relative_to(ROOT)}:{at}: unreadable docs-test marker '{m}' (see this test's docstring)")
             pending = []
         elif line.strip() and pending:
-            raise AssertionError(f"{doc.name}:{pending[0][0]}: docs-test marker not right above a code block")
+            raise AssertionError(f"{doc.relative_to(ROOT)}:{pending[0][0]}: docs-test marker not right above a code block")
     for block in blocks:
         for old, _ in block.replace:
-            assert old in block.text, f"{doc.name}:{block.line}: replace marker's \"{old}\" is not in the block"
+            assert old in block.text, f"{doc.relative_to(ROOT)}:{block.line}: replace marker's \"{old}\" is not in the block"
         for _, when, _ in block.modes:
-            assert when is None or when in block.text, f"{doc.name}:{block.line}: \"{when}\" is not in the block"
+            assert when is None or when in block.text, f"{doc.relative_to(ROOT)}:{block.line}: \"{when}\" is not in the block"
     return blocks
 
 
@@ -151,19 +152,33 @@ def test_markers_are_well_formed_and_every_block_is_accounted_for():
         for block in parse(doc):
             for mode, command, reason in block.commands():
                 counts[mode] += 1
-                assert mode == "run" or len(reason) > 10, f"{doc.name}:{block.line}: say why '{command}' is {mode}"
+                assert mode == "run" or len(reason) > 10, f"{doc.relative_to(ROOT)}:{block.line}: say why '{command}' is {mode}"
     assert counts["run"] >= 10 and counts["fails"] >= 10, counts
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: str(d.relative_to(ROOT)))
 def test_documented_commands(doc, tmp_path):
     env = scratch(tmp_path)
-    problems, ran = [], []
-    for block in parse(doc):
-        for mode, command, reason in block.commands():
-            problem = check_command(mode, command, reason, tmp_path, env)
-            ran.append(f"{mode:5s} {command[:110]}{'  [' + reason + ']' if reason else ''}")
-            if problem:
-                problems.append(f"{doc.name}:{block.line}: {command}\n  {problem}")
-    print("\n".join(ran))
+    name = doc.relative_to(ROOT)
+    commands = [(block.line, *c) for block in parse(doc) for c in block.commands()]
+    runs = [i for i, c in enumerate(commands) if c[1] == "run"]
+    others = [i for i, c in enumerate(commands) if c[1] != "run"]
+
+    def check(i):
+        _, mode, command, reason = commands[i]
+        return check_command(mode, command, reason, tmp_path, env)
+
+    def run_in_order():  # a documented sequence: each may use what the previous wrote
+        return [check(i) for i in runs]
+
+    # the commands that must fail or are skipped write nothing: they run next to the sequence
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+        in_order = pool.submit(run_in_order)
+        results = dict(zip(others, pool.map(check, others)))
+        results.update(zip(runs, in_order.result()))
+    problems = []
+    for i, (line, mode, command, reason) in enumerate(commands):
+        print(f"{mode:5s} {command[:110]}{'  [' + reason + ']' if reason else ''}")
+        if results[i]:
+            problems.append(f"{name}:{line}: {command}\n  {results[i]}")
     assert not problems, "\n\n".join(problems)

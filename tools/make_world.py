@@ -37,6 +37,8 @@ def main(argv=None) -> None:
     negative = [f"--{k.replace('_', '-')} {v}" for k, v in sizes.items() if min(v if isinstance(v, (list, tuple)) else [v]) < 0]
     if negative:
         raise ValueError(f"sizes and counts cannot be negative: {', '.join(negative)}")
+    if "classification" in args.parts and min(args.pretrain_per_class, args.eval_per_class) < 1:
+        raise ValueError("--pretrain-per-class and --eval-per-class must be at least 1")
     setup_logging()
     cfg = WorldConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()})
     files = write_world(args.out, cfg, parts=args.parts)
