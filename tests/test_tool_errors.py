@@ -27,6 +27,7 @@ BAD_ARGUMENTS = {
                      "--root", "{tmp}/data", "--prompt", "hand"], "caltech"),
     "export_embeddings.py": (["--model", "pomp-tiny", "--pretrained", "", "--init-words", "a photo of a",
                               "--vocabulary", "cat,dog,cat", "--out", "{tmp}/e.npy"], "repeats"),
+    "export_prompt.py": (["--prompt", MISSING, "--out", "{tmp}/release"], MISSING),
     "make_world.py": (["--out", "{tmp}/w", "--det-classes", "-3"], "--det-classes -3"),
     "pretrain.py": (["--config", "configs/pomp/world_tiny.yaml", "optim.lrr=0.1"], "optim.lrr"),
     "test_seg.py": (["configs/seg/zsseg-r18tiny_world.py", MISSING + ".pth"], MISSING),

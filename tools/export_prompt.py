@@ -18,6 +18,7 @@ from typing import List, Optional
 import torch
 
 import pomp_core
+from pomp_core.cli import run_tool
 from pomp_core.log import setup_logging
 from pomp_core.prompt_io import read_extra
 
@@ -48,4 +49,4 @@ def main(argv: Optional[List[str]] = None) -> Path:
 
 if __name__ == "__main__":
     setup_logging()
-    main()
+    run_tool(main)
