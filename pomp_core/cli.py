@@ -7,6 +7,7 @@ the user a second and one line naming the problem, not a minute and a traceback.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from typing import Any, Callable, Iterable, Optional
@@ -32,8 +33,16 @@ def error_line(err: BaseException) -> str:
     return "error: " + " ".join(str(msg).split())
 
 
+def _argparse_error(parser: argparse.ArgumentParser, message: str) -> None:
+    raise UserError(f"{message} (see {parser.prog} --help)")
+
+
 def run_tool(main: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run a tool's ``main``; a user error prints one line on stderr and exits with code 2."""
+    """Run a tool's ``main``; a user error prints one line on stderr and exits with code 2.
+
+    argparse's own errors (usage block, then ``prog: error: ...``) take the same one-line form."""
+    default_error = argparse.ArgumentParser.error
+    argparse.ArgumentParser.error = _argparse_error
     try:
         return main(*args, **kwargs)
     except USER_ERRORS as err:
@@ -41,6 +50,8 @@ def run_tool(main: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             raise
         print(error_line(err), file=sys.stderr, flush=True)
         sys.exit(EXIT_USER_ERROR)
+    finally:
+        argparse.ArgumentParser.error = default_error
 
 
 def require_file(path: Optional[str | os.PathLike], what: str, hint: str = "") -> None:

@@ -81,6 +81,16 @@ def test_bad_argument_is_one_error_line_and_exit_2(name, tmp_path, capsys, monke
     assert not list(tmp_path.iterdir()), "a failed check left files behind"
 
 
+@pytest.mark.parametrize("name", ["classify.py", "make_world.py"])
+def test_argparse_errors_are_one_line_too(name, capsys):
+    tool = load_tool(name)
+    with pytest.raises(SystemExit) as exit_info:
+        run_tool(tool.main, ["--no-such-option"])
+    assert exit_info.value.code == EXIT_USER_ERROR
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and "required" in err[0] and "--help" in err[0], err
+
+
 def test_debug_keeps_the_traceback(monkeypatch):
     monkeypatch.setenv("POMP_DEBUG", "1")
 

@@ -131,7 +131,7 @@ def parser():
 
 
 if __name__ == "__main__":
-    args = parser().parse_args()
+    args = run_tool(parser().parse_args)
     logging.getLogger(__name__).info("Command line arguments: %s", args)
     run_tool(check_inputs, args)
     run_tool(launch, main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
