@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Optional
 
 EXIT_USER_ERROR = 2  # argparse's code for a bad command line
 
@@ -59,12 +59,6 @@ def require_file(path: Optional[str | os.PathLike], what: str, hint: str = "") -
     if path is None or not os.path.isfile(path):
         kind = "is a folder, not a file" if path and os.path.isdir(path) else "does not exist"
         raise FileNotFoundError(f"{what} '{path}' {kind}{'; ' + hint if hint else ''}")
-
-
-def require_dir(path: Optional[str | os.PathLike], what: str, hint: str = "") -> None:
-    """Raise FileNotFoundError naming ``what`` unless ``path`` is an existing folder."""
-    if path is None or not os.path.isdir(path):
-        raise FileNotFoundError(f"{what} '{path}' does not exist{'; ' + hint if hint else ''}")
 
 
 def check_clip_args(model: str, pretrained: Optional[str]) -> None:

@@ -125,7 +125,7 @@ def referenced_files(command: str) -> List[str]:
     return [w for w in command.split() if re.match(r"(tools|configs|benchmarks)/\S+\.(py|yaml|sh)$", w)]
 
 
-def check_command(mode: str, command: str, reason: str, cwd: Path, env: Dict[str, str]) -> Optional[str]:
+def check_command(mode: str, command: str, cwd: Path, env: Dict[str, str]) -> Optional[str]:
     """None if the command behaves as its mode says, else what went wrong."""
     if mode == "skip":
         missing = [f for f in referenced_files(command) if not (ROOT / f).exists()]
@@ -165,8 +165,8 @@ def test_documented_commands(doc, tmp_path):
     others = [i for i, c in enumerate(commands) if c[1] != "run"]
 
     def check(i):
-        _, mode, command, reason = commands[i]
-        return check_command(mode, command, reason, tmp_path, env)
+        _, mode, command, _ = commands[i]
+        return check_command(mode, command, tmp_path, env)
 
     def run_in_order():  # a documented sequence: each may use what the previous wrote
         return [check(i) for i in runs]
