@@ -43,6 +43,8 @@ def check_cfg_inputs(cfg, datasets: bool = True) -> None:
         if name not in DatasetCatalog.list():
             raise UserError(f"dataset '{name}' is not registered (for the synthetic world, pass --world DIR)")
         json_file = MetadataCatalog.get(name).get("json_file")
+        if json_file and name.endswith("_norare"):  # written from the full split on first use
+            json_file = json_file.replace("_norare", "")
         if json_file:
             require_file(json_file, f"the annotations of dataset '{name}'",
                          "see docs/detection.md for the datasets/ layout (DETECTRON2_DATASETS sets its root)")

@@ -114,7 +114,8 @@ def scratch(tmp: Path) -> Dict[str, str]:
     for name in LINKED:
         if (ROOT / name).exists():
             (tmp / name).symlink_to(ROOT / name)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), DATA=str(tmp / "data"), MPLBACKEND="Agg",
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONPATH=path, DATA=str(tmp / "data"), MPLBACKEND="Agg",
                OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     for var in ("DETECTRON2_DATASETS", "POMP_DEBUG"):
         env.pop(var, None)
