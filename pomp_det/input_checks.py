@@ -4,6 +4,7 @@ deep inside detectron2 (or one per worker process)."""
 from __future__ import annotations
 
 import os
+from typing import List, Optional
 
 from pomp_core.cli import UserError, require_file
 
@@ -21,6 +22,18 @@ def check_gpus(num_gpus: int, num_machines: int = 1) -> None:
     if num_gpus > max(have, 1):
         raise UserError(f"--num-gpus {num_gpus} asks for {num_gpus} GPUs per machine, this machine has "
                         f"{have} CUDA GPU(s): pass --num-gpus {max(have, 1)}")
+
+
+def load_cfg_checked(config_file: str, opts: List[str], zoo_config: Optional[str] = None):
+    """``load_pomp_cfg``, with yacs' assertions on bad keys and values as user errors."""
+    from .cfg_loader import load_pomp_cfg
+
+    if config_file:
+        require_file(config_file, "--config-file")
+    try:
+        return load_pomp_cfg(config_file, opts, zoo_config=zoo_config)
+    except AssertionError as err:  # yacs: "Non-existent key: ...", "Override list has odd length"
+        raise UserError(f"{err} (the keys are detectron2's defaults and pomp_det/config.py's)") from err
 
 
 def check_cfg_inputs(cfg, datasets: bool = True) -> None:

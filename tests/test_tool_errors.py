@@ -81,6 +81,17 @@ def test_bad_argument_is_one_error_line_and_exit_2(name, tmp_path, capsys, monke
     assert not list(tmp_path.iterdir()), "a failed check left files behind"
 
 
+@pytest.mark.parametrize("opts", [["MODEL.NO_SUCH_KEY", "1"], ["SOLVER.MAX_ITER"]])
+def test_detector_config_errors_are_one_line(opts, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    tool = load_tool("train_net.py")
+    args = tool.parser().parse_args(["--config-file", "configs/det/world/world-base_pomp.yaml", *opts])
+    with pytest.raises(SystemExit):
+        run_tool(tool.check_inputs, args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and ("NO_SUCH_KEY" in err[0] or "odd" in err[0]), err
+
+
 @pytest.mark.parametrize("name", ["classify.py", "make_world.py"])
 def test_argparse_errors_are_one_line_too(name, capsys):
     tool = load_tool(name)

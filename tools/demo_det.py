@@ -17,7 +17,7 @@ from detectron2.utils.visualizer import Visualizer
 import pomp_det
 from pomp_core.cli import require_file, run_tool
 from pomp_det.data.world import register_world
-from pomp_det.input_checks import check_cfg_inputs
+from pomp_det.input_checks import check_cfg_inputs, load_cfg_checked
 from pomp_det.vocabulary import configure_vocabulary
 
 
@@ -37,12 +37,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    require_file(args.config_file, "--config-file")
     for path in args.input:
         require_file(path, "--input image")
     if args.world:
         register_world(args.world)
-    cfg = pomp_det.load_pomp_cfg(args.config_file, args.opts, zoo_config=args.zoo_config)
+    cfg = load_cfg_checked(args.config_file, args.opts, zoo_config=args.zoo_config)
     check_cfg_inputs(cfg, datasets=False)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence
     if not torch.cuda.is_available():

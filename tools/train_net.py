@@ -25,13 +25,13 @@ from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import COCOEvaluator, LVISEvaluator, verify_results
 
 import pomp_det
-from pomp_core.cli import require_file, run_tool
+from pomp_core.cli import run_tool
 from pomp_core.durable import KILL_ENV
 from pomp_det.checkpoint import DurableCheckpointer, KillPointHook
 from pomp_det.centernet import build_optimizer
 from pomp_det.data.multi_dataset import build_multi_dataset_train_loader
 from pomp_det.data.world import register_world
-from pomp_det.input_checks import check_cfg_inputs, check_gpus
+from pomp_det.input_checks import check_cfg_inputs, check_gpus, load_cfg_checked
 from pomp_det.launch import ddp_kwargs, launch
 from pomp_det.vocabulary import vocabulary_for_dataset
 
@@ -115,11 +115,9 @@ def main(args):
 def check_inputs(args) -> None:
     """Fail in the launching process, in a second, on a missing file or a bad key."""
     check_gpus(args.num_gpus)
-    if args.config_file:
-        require_file(args.config_file, "--config-file")
     if args.world:
         register_world(args.world)
-    check_cfg_inputs(pomp_det.load_pomp_cfg(args.config_file, args.opts, zoo_config=args.zoo_config))
+    check_cfg_inputs(load_cfg_checked(args.config_file, args.opts, zoo_config=args.zoo_config))
 
 
 def parser():
