@@ -42,12 +42,12 @@ def main(argv=None) -> None:
     if args.world:
         register_world(args.world)
     cfg = load_cfg_checked(args.config_file, args.opts, zoo_config=args.zoo_config)
-    check_cfg_inputs(cfg, datasets=False)
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence
     if not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
     # the model is built for the demo's vocabulary: the training embeddings are not needed
     names = configure_vocabulary(cfg, args.vocabulary) if args.vocabulary else None
+    check_cfg_inputs(cfg, datasets=False)
     cfg.freeze()
     predictor = DefaultPredictor(cfg)
     if names is None:

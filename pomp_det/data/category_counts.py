@@ -150,4 +150,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pomp_core.cli import run_tool
+
+    run_tool(main)
