@@ -88,7 +88,8 @@ def test_federated_classes_never_draw_a_present_class_again(seed):
     weight[3] = 0  # never drawn
     gt = torch.tensor([11, 10, 11, num_classes, 10])  # num_classes = background
     chosen = federated_classes(gt, num_sample=8, weight=weight)
-    assert chosen.numel() == len(set(chosen.tolist())) == 8
+    assert chosen.numel() == len(set(chosen.tolist()))  # no class twice
+    assert 7 <= chosen.numel() <= 8  # Detic counts a present background towards the 8
     assert {10, 11} <= set(chosen.tolist()) and 3 not in chosen.tolist()
     # asking for more than exist: every class of non-zero weight once, plus the present ones
     everything = federated_classes(gt, num_sample=50, weight=weight)
