@@ -15,13 +15,14 @@ def _is_local(path: str) -> bool:
     return bool(path) and "://" not in path
 
 
-def check_gpus(num_gpus: int, num_machines: int = 1) -> None:
+def check_gpus(num_gpus: int) -> None:
+    """With CUDA, at most the GPUs there are; without, pomp_det.launch runs CPU processes."""
     import torch
 
     have = torch.cuda.device_count()
-    if num_gpus > max(have, 1):
+    if have and num_gpus > have:
         raise UserError(f"--num-gpus {num_gpus} asks for {num_gpus} GPUs per machine, this machine has "
-                        f"{have} CUDA GPU(s): pass --num-gpus {max(have, 1)}")
+                        f"{have} CUDA GPU(s): pass --num-gpus {have}")
 
 
 def load_cfg_checked(config_file: str, opts: List[str], zoo_config: Optional[str] = None):

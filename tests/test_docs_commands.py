@@ -123,7 +123,11 @@ def scratch(tmp: Path) -> Dict[str, str]:
 
 
 def referenced_files(command: str) -> List[str]:
-    return [w for w in command.split() if re.match(r"(tools|configs|benchmarks)/\S+\.(py|yaml|sh)$", w)]
+    """The repository's scripts and configs a command names (none for another repository's commands)."""
+    words = command.split()
+    if not any(w.startswith(("tools/", "benchmarks/")) for w in words):
+        return []
+    return [w for w in words if re.match(r"(tools|configs|benchmarks)/\S+\.(py|yaml|sh)$", w)]
 
 
 def check_command(mode: str, command: str, cwd: Path, env: Dict[str, str]) -> Optional[str]:

@@ -144,7 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = ap.parse_args(argv)
     src = Path(args.src)
     if not src.is_file():
-        raise SystemExit(f"error: '{src}' does not exist (the LVIS training json, see docs/detection.md)")
+        raise FileNotFoundError(f"'{src}' does not exist (the LVIS training json, see docs/detection.md)")
     out = Path(args.out) if args.out else src.with_name(f"{src.stem}_cat_info.json")
     print(write_json_atomic(make_cat_info(src), out))
 
