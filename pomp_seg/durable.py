@@ -15,6 +15,7 @@ import os.path as osp
 import re
 from typing import Optional
 
+from mmengine.dist import master_only
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.runner import Runner
@@ -26,6 +27,7 @@ _NUMBERED = re.compile(r"^(?:iter|epoch)_(\d+)\.pth$")
 
 
 class DurableRunner(Runner):
+    @master_only  # as Runner.save_checkpoint: only rank 0 writes, so only rank 0 renames
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs) -> None:
         if "://" in out_dir:  # a remote backend: its own semantics
             return super().save_checkpoint(out_dir, filename, *args, **kwargs)

@@ -71,8 +71,11 @@ def test_demo_draws_each_image_with_the_given_vocabulary(voc_tiny, tmp_path, cap
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(f"{img}:")][0]
     printed = line.split("->")[0].split(":", 1)[1]
     assert {n.strip() for n in printed.split(",")} <= {"cat", "wall", "tree"}
-    with pytest.raises(FileNotFoundError, match="cannot read image"):
+    with pytest.raises(FileNotFoundError, match="no.jpg' does not exist"):
         demo_seg.main([str(cfg_path), str(ckpt), "--input", str(tmp_path / "no.jpg"), "--output", str(tmp_path)])
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(ValueError, match="cannot read image .*broken.jpg"):
+        demo_seg.main([str(cfg_path), str(ckpt), "--input", str(tmp_path / "broken.jpg"), "--output", str(tmp_path)])
 
 
 def test_train_with_the_pytorch_launcher_on_two_cpu_processes(tmp_path):

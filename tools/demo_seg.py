@@ -37,6 +37,11 @@ def main(argv=None) -> list:
     require_file(args.checkpoint, "checkpoint")
     for path in args.input:
         require_file(path, "--input image")
+        try:  # a corrupt file fails here, before the model loads
+            with Image.open(path) as im:
+                im.verify()
+        except Exception as err:
+            raise ValueError(f"cannot read image '{path}' ({err}): pass JPEG or PNG files") from None
     cfg = Config.fromfile(args.config)
     cfg.merge_from_dict(args.cfg_options)
     trust_checkpoints_under(os.path.dirname(os.path.abspath(args.checkpoint)))  # named by the user
