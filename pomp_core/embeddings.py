@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .durable import atomic_write
 from .progress import Progress
 from .prompt import PromptLearner
 from .text_encoder import PromptedTextEncoder
@@ -67,8 +68,6 @@ def save_embeddings(embeddings: torch.Tensor, path: str | os.PathLike, fmt: str 
     else:
         raise ValueError(f"unknown embedding format '{fmt}': use 'detic' or 'normalized'")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:  # ranks of one run may write the same file at once
+        np.save(f, array)
     return path

@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from .durable import atomic_torch_save, atomic_write_text
 from .prompt import POSITIONS, PromptLearner
 
 logger = logging.getLogger(__name__)
@@ -35,9 +36,7 @@ def save_prompt(prompt: PromptLearner, path: str | os.PathLike, **extra: Any) ->
     }
     payload = {"format": FORMAT, "version": FORMAT_VERSION, "meta": meta,
                "state_dict": {"ctx": prompt.ctx.detach().cpu()}, "extra": extra}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(payload, path)
     return path
 
 
@@ -62,10 +61,8 @@ def save_release_prompt(prompt: PromptLearner, directory: str | os.PathLike, epo
     path = folder / f"model.pth.tar-{int(epoch)}"
     names = [path.name] + (["model-best.pth.tar"] if best else [])
     for name in names:
-        tmp = folder / (name + ".tmp")
-        torch.save(payload, tmp)
-        os.replace(tmp, folder / name)
-    (folder / "checkpoint").write_text(path.name + "\n")
+        atomic_torch_save(payload, folder / name)
+    atomic_write_text(folder / "checkpoint", path.name + "\n")
     return path
 
 

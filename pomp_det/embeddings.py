@@ -64,9 +64,7 @@ def encode_vocabulary(names: Sequence[str], clip_model: str, clip_pretrained: st
                else pomp_core.PromptLearner.from_words(prompt_words, model, tokenizer))
     emb = pomp_core.class_embeddings(model, tokenizer, learner, names, normalize=False)
     if cache is not None:
-        # every rank of a multi-process run may encode at once: a file of its own, then rename
-        mine = save_embeddings(emb, cache.with_name(f"{cache.stem}.{os.getpid()}.npy"), fmt="detic")
-        os.replace(mine, cache)
+        save_embeddings(emb, cache, fmt="detic")  # atomic: ranks may write it at once
         logger.info("cached %d class embeddings in %s", len(names), cache)
     return emb.float()
 
