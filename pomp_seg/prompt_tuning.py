@@ -36,7 +36,9 @@ class PromptTuner(BaseModel):
             as in ZSSeg; see :func:`pomp_seg.crop_classifier.masked_crops`).
         prompt_trusted: unpickle the prompt file fully (raw Dassl checkpoints); trusted files only.
         crops_per_image: seen classes cropped per image, drawn at random; None = all of them.
-            ZSSeg trains on one (image, class) record per sample, so its batch of 32 is 32 crops.
+            A sample from :class:`pomp_seg.class_records.ClassRecordDataset` (ZSSeg's (image,
+            class) records) carries ``category_id`` and is cropped for that class alone; a
+            record whose mask is under ``min_pixels`` after the pipeline gives no crop.
         random_resized_crop: None = the mask's box resized; a dict (``scale``, ``ratio``)
             crops a random part of the box first, as ZSSeg's stage (a) does on full images
             (see :func:`pomp_seg.crop_classifier.random_resized_masked_crop`).
@@ -72,12 +74,17 @@ class PromptTuner(BaseModel):
         for img, sample in zip(inputs, data_samples):
             seg = sample.gt_sem_seg.data[0]
             masks, ids = [], []
-            for c in torch.unique(seg).tolist():
+            record = sample.metainfo.get("category_id")  # a ClassRecordDataset record: its class only
+            if record is not None and record not in self._lut:
+                name = self.classes[record] if 0 <= record < len(self.classes) else "out of range"
+                raise ValueError(f"a record of class {record} ({name}) is not a seen class of model.class_split; "
+                                 "the training dataset and model.class_split must have the same classes and split")
+            for c in ([record] if record is not None else torch.unique(seg).tolist()):
                 mask = seg == c
                 if c in self._lut and int(mask.sum()) >= self.min_pixels:
                     masks.append(mask)
                     ids.append(self._lut[c])
-            if self.crops_per_image is not None and len(masks) > self.crops_per_image:
+            if record is None and self.crops_per_image is not None and len(masks) > self.crops_per_image:
                 keep = torch.randperm(len(masks))[:self.crops_per_image].tolist()
                 masks, ids = [masks[k] for k in keep], [ids[k] for k in keep]
             if masks and self.random_resized_crop is not None:

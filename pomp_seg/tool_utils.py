@@ -69,10 +69,17 @@ def _replace(node, old: str, new: str):
     return new if node == old else node
 
 
+def _leaf_datasets(ds) -> list:
+    if ds.get("type") == "ConcatDataset":
+        return [leaf for d in ds.datasets for leaf in _leaf_datasets(d)]
+    if "dataset" in ds:  # a wrapper (ClassRecordDataset)
+        return _leaf_datasets(ds.dataset)
+    return [ds]
+
+
 def _datasets(loader_cfg) -> list:
-    """The dataset configs of a dataloader, inside a ConcatDataset too."""
-    ds = loader_cfg.dataset
-    return list(ds.datasets) if ds.get("type") == "ConcatDataset" else [ds]
+    """The dataset configs of a dataloader, inside a ConcatDataset or a dataset wrapper too."""
+    return _leaf_datasets(loader_cfg.dataset)
 
 
 def set_data_root(cfg: Config, root: str) -> None:
@@ -91,8 +98,8 @@ def set_data_root(cfg: Config, root: str) -> None:
 def check_data_roots(cfg: Config) -> None:
     """Each dataloader's data root exists: fail before the model (and its CLIP) is built."""
     for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        root = (cfg.get(key) or {}).get("dataset", {}).get("data_root")
-        if root and not osp.isdir(root):
+        roots = {d.get("data_root") for d in _datasets(cfg[key])} if cfg.get(key) else set()
+        for root in sorted(r for r in roots if r and not osp.isdir(r)):
             raise FileNotFoundError(
                 f"{key}'s data root '{root}' does not exist: pass --data-root DIR (see docs/segmentation.md; "
                 "the synthetic world's: tools/make_world.py --parts segmentation)")

@@ -1,0 +1,163 @@
+"""ZSSeg's stage-(a) training set: (image, class) records, a fixed number per seen class.
+
+ZSSeg (``mask_former/data/build.py: dataset_sample_per_class``) flattens its segmentation
+set into one record per (image, class present in its base-class annotation), groups the
+records by class in order of first appearance, and draws ``SAMPLE_PER_CLASS`` of each class
+once, before training, with ``numpy.random.default_rng(SAMPLE_SEED=0)``: ``rng.choice(records,
+size=N)``, i.e. with replacement; a class with fewer than ``N`` records keeps all of them.
+Its training loader then shuffles that fixed list endlessly (detectron2's ``TrainingSampler``),
+one crop per record. :class:`ClassRecordDataset` is that list as an mmengine dataset wrapper:
+each item is the wrapped dataset's image whose data sample carries ``category_id``, which
+:class:`pomp_seg.prompt_tuning.PromptTuner` crops alone.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections import OrderedDict
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import mmcv
+import numpy as np
+from mmengine import fileio
+from mmseg.registry import DATASETS
+
+from pomp_core.durable import atomic_write_text
+
+
+def raw_label_values(seg_map_path: str) -> List[int]:
+    """The distinct values of an annotation file, read as mmseg's ``LoadAnnotations`` reads it."""
+    seg = mmcv.imfrombytes(fileio.get(seg_map_path), flag="unchanged", backend="pillow")
+    return np.unique(seg).tolist()
+
+
+def loaded_labels(values: Sequence[int], reduce_zero_label: bool, label_map: Optional[Mapping[int, int]]) -> List[int]:
+    """The labels ``LoadAnnotations`` makes of raw ``values``: 0 and 255 -> 255 and ``v - 1``
+    with ``reduce_zero_label``, then ``label_map`` (applied once, not chained)."""
+    out = [(255 if v in (0, 255) else v - 1) if reduce_zero_label else v for v in values]
+    label_map = label_map or {}
+    return sorted({label_map.get(v, v) for v in out})
+
+
+@DATASETS.register_module()
+class ClassRecordDataset:
+    """(image, class) records of a segmentation dataset, ``sample_per_class`` of each seen class.
+
+    Args:
+        dataset: the wrapped dataset (config or built): a ``BaseSegDataset`` or a
+            ``ConcatDataset`` of them (VOC trainaug), whose metainfo has ``classes`` and
+            ``unseen_classes``. Records are of seen classes only: a label outside the
+            classes (ignore) or of an unseen class makes none.
+        sample_per_class: ZSSeg's ``SAMPLE_PER_CLASS`` (VOC 128, COCO-Stuff 32): records drawn
+            per class, once, before training; a class with fewer keeps all of its records.
+            -1 = every record (ZSSeg's -1). None = off: the wrapped dataset's images as they
+            are (one item per image; the model then crops ``crops_per_image`` of its classes).
+        seed: the draw's seed (ZSSeg's ``SAMPLE_SEED``, 0).
+        replace: draw with replacement, as ZSSeg's ``rng.choice`` does (a record can come twice,
+            and a class with exactly ``sample_per_class`` records is drawn from too). False
+            draws distinct records.
+        class_count_file: a JSON cache of each annotation file's values, read if present and
+            written when new files were read (COCO-Stuff's 118k annotations take minutes;
+            ZSSeg precomputes the same with ``tools/mask_cls_collect.py``).
+    """
+
+    def __init__(self, dataset: Union[dict, object], sample_per_class: Optional[int] = None, seed: int = 0,
+                 replace: bool = True, class_count_file: Optional[str] = None, lazy_init: bool = False) -> None:
+        if sample_per_class is not None and (not isinstance(sample_per_class, int) or sample_per_class == 0
+                                             or sample_per_class < -1):
+            raise ValueError(f"sample_per_class must be a positive int, -1 (every record) or None (images, "
+                             f"no records), got {sample_per_class!r}")
+        self.dataset = DATASETS.build(dataset) if isinstance(dataset, dict) else dataset
+        self.sample_per_class = sample_per_class
+        self.seed = seed
+        self.replace = replace
+        self.class_count_file = class_count_file
+        self._metainfo = self.dataset.metainfo
+        if "unseen_classes" not in self._metainfo:
+            raise ValueError(f"ClassRecordDataset needs a dataset with a seen/unseen split (metainfo "
+                             f"'unseen_classes'), got {type(self.dataset).__name__}; use a dataset of pomp_seg.datasets")
+        self.records: List[Tuple[int, int]] = []
+        self._fully_initialized = False
+        if not lazy_init:
+            self.full_init()
+
+    @property
+    def metainfo(self) -> dict:
+        return copy.deepcopy(self._metainfo)
+
+    def full_init(self) -> None:
+        if self._fully_initialized:
+            return
+        self.dataset.full_init()
+        if self.sample_per_class is not None:
+            self.records = self._sample(self._all_records())
+        self._fully_initialized = True
+
+    def _seen_ids(self) -> set:
+        classes = list(self._metainfo["classes"])
+        unseen = set(self._metainfo["unseen_classes"])
+        return {i for i, c in enumerate(classes) if c not in unseen}
+
+    def _all_records(self) -> List[Tuple[int, int]]:
+        """Every (image index, seen class) pair, images in dataset order, classes ascending."""
+        cache: Dict[str, List[int]] = {}
+        if self.class_count_file and os.path.isfile(self.class_count_file):
+            with open(self.class_count_file) as f:
+                cache = json.load(f)
+        read = 0
+        seen = self._seen_ids()
+        records = []
+        for idx in range(len(self.dataset)):
+            info = self.dataset.get_data_info(idx)
+            path = info["seg_map_path"]
+            if path not in cache:
+                cache[path] = raw_label_values(path)
+                read += 1
+            labels = loaded_labels(cache[path], info.get("reduce_zero_label", False), info.get("label_map"))
+            records += [(idx, c) for c in labels if c in seen]
+        if self.class_count_file and read:
+            atomic_write_text(self.class_count_file, json.dumps(cache))
+        return records
+
+    def _sample(self, records: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
+        groups: "OrderedDict[int, List[Tuple[int, int]]]" = OrderedDict()
+        for rec in records:  # classes in order of first appearance, as ZSSeg's Counter
+            groups.setdefault(rec[1], []).append(rec)
+        rng = np.random.default_rng(self.seed)
+        out: List[Tuple[int, int]] = []
+        n = self.sample_per_class
+        for group in groups.values():
+            if n == -1 or len(group) < n:
+                out += group
+            else:
+                out += [group[i] for i in rng.choice(len(group), size=n, replace=self.replace).tolist()]
+        return out
+
+    def class_counts(self) -> Dict[str, int]:
+        """Records per class name (for the log and the tests)."""
+        classes = self._metainfo["classes"]
+        counts: Dict[str, int] = {}
+        for _, c in self.records:
+            counts[classes[c]] = counts.get(classes[c], 0) + 1
+        return counts
+
+    def __len__(self) -> int:
+        self.full_init()
+        return len(self.dataset) if self.sample_per_class is None else len(self.records)
+
+    def get_data_info(self, idx: int) -> dict:
+        self.full_init()
+        if self.sample_per_class is None:
+            return self.dataset.get_data_info(idx)
+        image, category = self.records[idx]
+        return dict(self.dataset.get_data_info(image), category_id=category)
+
+    def __getitem__(self, idx: int) -> dict:
+        self.full_init()
+        if self.sample_per_class is None:
+            return self.dataset[idx]
+        image, category = self.records[idx]
+        data = self.dataset[image]
+        data["data_samples"].set_metainfo(dict(category_id=category))
+        return data
