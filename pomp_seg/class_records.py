@@ -62,8 +62,9 @@ class ClassRecordDataset:
             ZSSeg precomputes the same with ``tools/mask_cls_collect.py``).
     """
 
-    def __init__(self, dataset: Union[dict, object], sample_per_class: Optional[int] = None, seed: int = 0,
-                 replace: bool = True, class_count_file: Optional[str] = None, lazy_init: bool = False) -> None:
+    def __init__(self, dataset: Union[dict, object], sample_per_class: Optional[int] = None,
+                 seed: int = 0, replace: bool = True, class_count_file: Optional[str] = None,
+                 lazy_init: bool = False) -> None:
         if sample_per_class is not None and (not isinstance(sample_per_class, int) or sample_per_class == 0
                                              or sample_per_class < -1):
             raise ValueError(f"sample_per_class must be a positive int, -1 (every record) or None (images, "

@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from frameworks import require
 
@@ -89,7 +90,23 @@ def test_voc_records_are_zssegs_draw_of_seen_classes(voc_dataset_cfg):
         assert len(set(recs)) == len(recs) and set(recs) <= set(truth)
         assert Counter(c for _, c in recs) == {0: 3, 1: 3, 2: 2, 6: 1}  # min(N, available)
     assert distinct[0] == distinct[1] and distinct[0] != distinct[2]  # a seed's draw, another's differs
-    assert _voc_records(voc_dataset_cfg, sample_per_class=2, seed=0).records != _voc_records(voc_dataset_cfg, sample_per_class=2, seed=1).records
+    two = [_voc_records(voc_dataset_cfg, sample_per_class=2, seed=s).records for s in (0, 1)]
+    assert two[0] != two[1]
+
+
+@pytest.mark.parametrize("reduce_zero_label", [True, False])
+def test_listed_labels_are_those_mmseg_loads(tmp_path, reduce_zero_label):
+    from mmseg.datasets.transforms import LoadAnnotations
+
+    from pomp_seg.class_records import loaded_labels, raw_label_values
+    values = np.array([0, 1, 3, 4, 8, 9, 30, 254, 255], dtype=np.uint8).repeat(3).reshape(3, 9)
+    path = tmp_path / "seg.png"
+    Image.fromarray(values).save(path)
+    label_map = {3: 255, 7: 2, 2: 9, 254: 77}  # not chained: 7 -> 2 stays 2
+    info = dict(seg_map_path=str(path), reduce_zero_label=reduce_zero_label, label_map=label_map, seg_fields=[])
+    loaded = np.unique(LoadAnnotations()(info)["gt_seg_map"]).tolist()
+    assert raw_label_values(str(path)) == [0, 1, 3, 4, 8, 9, 30, 254, 255]
+    assert loaded_labels(raw_label_values(str(path)), reduce_zero_label, label_map) == loaded
 
 
 def test_record_items_carry_their_class_and_none_is_the_image_set(voc_dataset_cfg):
@@ -130,6 +147,9 @@ def test_coco_stuff_records_and_the_class_count_cache(tmp_path):
         path.unlink()
     again = DATASETS.build(dict(ds.to_dict(), sample_per_class=2, replace=False, class_count_file=str(cache)))
     assert again.records == built.records
+    ds.dataset.ignore_unseen = False  # unseen labels loaded as they are: still no record of them
+    kept = DATASETS.build(dict(ds.to_dict(), sample_per_class=-1, class_count_file=str(cache)))
+    assert sorted(kept.records) == sorted(truth)
 
 
 def _true_records_coco(inner, names):
@@ -166,7 +186,10 @@ def test_voc_stage_a_config_trains_a_step_on_records(voc, tmp_path):
         "model.init_words": "a photo of a", "train_dataloader.num_workers": 0,
         "train_dataloader.persistent_workers": False, "train_cfg.max_iters": 1,
         "default_hooks.checkpoint.interval": 1}, tail="param_scheduler = []\n")
-    runner = train_seg.main([str(cfg), "--work-dir", str(tmp_path / "work"), "--data-root", str(voc)])
+    args = [str(cfg), "--work-dir", str(tmp_path / "work")]
+    with pytest.raises(FileNotFoundError, match="train_dataloader's data root 'data/VOCdevkit/VOC2012'"):
+        train_seg.main(args)  # the roots inside the wrapper are checked before the model is built
+    runner = train_seg.main(args + ["--data-root", str(voc)])
     data = runner.train_dataloader.dataset
     assert type(data).__name__ == "ClassRecordDataset" and data.sample_per_class == 128
     assert len(data) == 11 and (tmp_path / "work" / "prompt.pth").is_file()  # all 11 records: each class < 128
