@@ -2,7 +2,7 @@
 
 ZSSeg (``mask_former/data/build.py: dataset_sample_per_class``) flattens its segmentation
 set into one record per (image, class present in its base-class annotation), groups the
-records by class in order of first appearance, and draws ``SAMPLE_PER_CLASS`` of each class
+records (files by name) by class in order of first appearance, and draws ``SAMPLE_PER_CLASS`` of each class
 once, before training, with ``numpy.random.default_rng(SAMPLE_SEED=0)``: ``rng.choice(records,
 size=N)``, i.e. with replacement; a class with fewer than ``N`` records keeps all of them.
 Its training loader then shuffles that fixed list endlessly (detectron2's ``TrainingSampler``),
@@ -21,6 +21,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import mmcv
 import numpy as np
 from mmengine import fileio
+from mmengine.logging import print_log
 from mmseg.registry import DATASETS
 
 from pomp_core.durable import atomic_write_text
@@ -77,7 +78,8 @@ class ClassRecordDataset:
         self._metainfo = self.dataset.metainfo
         if "unseen_classes" not in self._metainfo:
             raise ValueError(f"ClassRecordDataset needs a dataset with a seen/unseen split (metainfo "
-                             f"'unseen_classes'), got {type(self.dataset).__name__}; use a dataset of pomp_seg.datasets")
+                             f"'unseen_classes'), got {type(self.dataset).__name__}; use a dataset of "
+                             "pomp_seg.datasets")
         self.records: List[Tuple[int, int]] = []
         self._fully_initialized = False
         if not lazy_init:
@@ -93,6 +95,11 @@ class ClassRecordDataset:
         self.dataset.full_init()
         if self.sample_per_class is not None:
             self.records = self._sample(self._all_records())
+            counts = self.class_counts()
+            print_log(f"ClassRecordDataset: {len(self.records)} (image, class) records of {len(counts)} seen "
+                      f"classes from {len(self.dataset)} images (sample_per_class={self.sample_per_class}, "
+                      f"seed={self.seed}, replace={self.replace}); fewest {min(counts.values(), default=0)}",
+                      logger="current")
         self._fully_initialized = True
 
     def _seen_ids(self) -> set:
@@ -101,7 +108,11 @@ class ClassRecordDataset:
         return {i for i, c in enumerate(classes) if c not in unseen}
 
     def _all_records(self) -> List[Tuple[int, int]]:
-        """Every (image index, seen class) pair, images in dataset order, classes ascending."""
+        """Every (image index, seen class) pair, images by annotation file name, classes ascending.
+
+        ZSSeg's records come in that order (detectron2's ``load_sem_seg`` sorts the files, its
+        label-count lists are sorted), so the same seed draws the same records from the same
+        annotations, whatever order the split files list the images in."""
         cache: Dict[str, List[int]] = {}
         if self.class_count_file and os.path.isfile(self.class_count_file):
             with open(self.class_count_file) as f:
@@ -109,8 +120,10 @@ class ClassRecordDataset:
         read = 0
         seen = self._seen_ids()
         records = []
-        for idx in range(len(self.dataset)):
-            info = self.dataset.get_data_info(idx)
+        infos = [self.dataset.get_data_info(idx) for idx in range(len(self.dataset))]
+        stem = lambda i: os.path.splitext(os.path.basename(infos[i]["seg_map_path"]))[0]  # noqa: E731
+        for idx in sorted(range(len(infos)), key=stem):
+            info = infos[idx]
             path = info["seg_map_path"]
             if path not in cache:
                 cache[path] = raw_label_values(path)
@@ -122,6 +135,8 @@ class ClassRecordDataset:
         return records
 
     def _sample(self, records: List[Tuple[int, int]]) -> List[Tuple[int, int]]:
+        if self.sample_per_class == -1:
+            return records
         groups: "OrderedDict[int, List[Tuple[int, int]]]" = OrderedDict()
         for rec in records:  # classes in order of first appearance, as ZSSeg's Counter
             groups.setdefault(rec[1], []).append(rec)
@@ -129,7 +144,7 @@ class ClassRecordDataset:
         out: List[Tuple[int, int]] = []
         n = self.sample_per_class
         for group in groups.values():
-            if n == -1 or len(group) < n:
+            if len(group) < n:
                 out += group
             else:
                 out += [group[i] for i in rng.choice(len(group), size=n, replace=self.replace).tolist()]

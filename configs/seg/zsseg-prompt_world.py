@@ -1,5 +1,10 @@
 # Stage (a) on the synthetic world: tune the prompt on GT masked crops of seen classes.
 # The tuned prompt is written to <work_dir>/prompt.pth.
+# Whole images (every seen crop of 8 scenes a step), not ZSSeg's per-class records: the
+# world's 120 training scenes hold only 21-32 records per seen class, so a cap of 32 or 128
+# would drop none, and batches of records would cut the crops per step from ~27 to 8 (the
+# measured world figures use this setting; ClassRecordDataset with sample_per_class=-1
+# would give the records).
 _base_ = ['./_base_/world_seg.py', './_base_/clip_preprocessor.py',
           'mmseg::_base_/default_runtime.py']
 model = dict(
