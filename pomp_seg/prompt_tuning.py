@@ -84,7 +84,7 @@ class PromptTuner(BaseModel):
                 if c in self._lut and int(mask.sum()) >= self.min_pixels:
                     masks.append(mask)
                     ids.append(self._lut[c])
-            if record is None and self.crops_per_image is not None and len(masks) > self.crops_per_image:
+            if self.crops_per_image is not None and len(masks) > self.crops_per_image:
                 keep = torch.randperm(len(masks))[:self.crops_per_image].tolist()
                 masks, ids = [masks[k] for k in keep], [ids[k] for k in keep]
             if masks and self.random_resized_crop is not None:
