@@ -1,10 +1,11 @@
 """ZSSeg's stage-(a) training set: (image, class) records, a fixed number per seen class.
 
 ZSSeg (``mask_former/data/build.py: dataset_sample_per_class``) flattens its segmentation
-set into one record per (image, class present in its base-class annotation), groups the
-records (files by name) by class in order of first appearance, and draws ``SAMPLE_PER_CLASS`` of each class
-once, before training, with ``numpy.random.default_rng(SAMPLE_SEED=0)``: ``rng.choice(records,
-size=N)``, i.e. with replacement; a class with fewer than ``N`` records keeps all of them.
+set into one record per (image, class present in its base-class annotation), files by name,
+groups the records by class in order of first appearance, and draws ``SAMPLE_PER_CLASS`` of
+each class once, before training, with ``numpy.random.default_rng(SAMPLE_SEED=0)``:
+``rng.choice(records, size=N)``, i.e. with replacement; a class with fewer than ``N`` records
+keeps all of them.
 Its training loader then shuffles that fixed list endlessly (detectron2's ``TrainingSampler``),
 one crop per record. :class:`ClassRecordDataset` is that list as an mmengine dataset wrapper:
 each item is the wrapped dataset's image whose data sample carries ``category_id``, which
@@ -33,7 +34,8 @@ def raw_label_values(seg_map_path: str) -> List[int]:
     return np.unique(seg).tolist()
 
 
-def loaded_labels(values: Sequence[int], reduce_zero_label: bool, label_map: Optional[Mapping[int, int]]) -> List[int]:
+def loaded_labels(values: Sequence[int], reduce_zero_label: bool,
+                  label_map: Optional[Mapping[int, int]]) -> List[int]:
     """The labels ``LoadAnnotations`` makes of raw ``values``: 0 and 255 -> 255 and ``v - 1``
     with ``reduce_zero_label``, then ``label_map`` (applied once, not chained)."""
     out = [(255 if v in (0, 255) else v - 1) if reduce_zero_label else v for v in values]
