@@ -223,10 +223,26 @@ def test_vocabulary_mismatch_is_a_clear_error(world):
     check_vocabulary(cfg, "val_dataloader")
 
 
+def test_world_training_scene_classes_give_unseen_objects_their_share():
+    from pomp_core.world.generate import _train_classes
+
+    vocab, unseen = [3, 8, 11, 20, 41, 57, 60], {8, 41, 60}
+    ids, probs = _train_classes(vocab, unseen, 0.0)
+    assert ids == [3, 11, 20, 57] and probs is None  # seen classes only, uniformly
+    ids, probs = _train_classes(vocab, unseen, 0.08)
+    assert ids == vocab and probs.sum() == pytest.approx(1.0)
+    share = {c: p for c, p in zip(ids, probs)}
+    assert sum(share[c] for c in unseen) == pytest.approx(0.08)
+    assert len({round(share[c], 12) for c in unseen}) == 1 and len({round(share[c], 12) for c in ids if c not in unseen}) == 1
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="share of unseen objects"):
+            _train_classes(vocab, unseen, bad)
+
+
 def test_world_real_training_condition_keeps_unseen_objects_labelled_ignore(tmp_path):
     from pomp_core.world.generate import WorldConfig, write_world
 
-    cfg = WorldConfig(seg_classes=8, seg_images=(6, 1), seg_train_unseen=True)
+    cfg = WorldConfig(seg_classes=8, seg_images=(6, 1), seg_train_unseen=0.5)
     root = write_world(tmp_path, cfg, parts=("segmentation",))["seg_root"]
     unseen = json.loads(open(f"{root}/classes.json").read())["unseen"]
     pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")]

@@ -1,7 +1,8 @@
 """End to end on the synthetic world: stage (a) prompt tuning and stage (b) mask proposals
-trained on seen classes only, then tested on all classes with the seen/unseen metric, against
-the same pipeline with random class embeddings; and resuming an interrupted run.
-Figures behind the thresholds: docs/segmentation.md."""
+trained on seen labels only, then tested on all classes with the seen/unseen metric, against
+the same pipeline with random class embeddings, in both settings (training scenes of seen
+classes only; the real condition, unseen objects in training scenes labelled ignore); and
+resuming an interrupted run. Figures behind the thresholds: docs/segmentation.md."""
 import sys
 from pathlib import Path
 
@@ -23,6 +24,8 @@ PROMPT_CFG = str(ROOT / "configs/seg/zsseg-prompt_world.py")
 SEG_CFG = str(ROOT / "configs/seg/zsseg-r18tiny_world.py")
 WEIGHTS = str(ROOT / "pomp_core/weights/pomp_world_clip.pt")
 ITERS = 600  # the config's stage (b) length (batch 4)
+REAL_SHARE = 0.08  # unseen objects' share of training objects in the real condition (docs/segmentation.md)
+REAL_VAL = 200  # validation scenes of the real condition: 40 (~7 objects per unseen class) left the gap to noise
 STAGE_B = ["val_dataloader=None", "val_cfg=None", "val_evaluator=None"]  # tested by test_seg.py
 RANDOM_TEXT = ["model.text_encoder.type=RandomTextEncoder", "model.text_encoder.prompt=None",
                "model.text_encoder.init_words=a photo of a"]
@@ -45,8 +48,13 @@ def _train_and_test(world: Path, work_dir: Path, options: list) -> dict:
 
 
 @pytest.fixture(scope="module")
-def results(world, tmp_path_factory) -> dict:
-    work = tmp_path_factory.mktemp("segruns")
+def real_world(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("segworld_real")
+    return Path(write_world(out, WorldConfig(seg_train_unseen=REAL_SHARE, seg_images=(120, REAL_VAL)), parts=("segmentation",))["seg_root"])
+
+
+def _pomp_vs_random(world: Path, work: Path) -> dict:
+    """Stage (a) on the world, then stage (b) with its prompt and with random embeddings."""
     clip = [f"model.clip_pretrained={WEIGHTS}"]  # the shipped CLIP by absolute path: any cwd
     train_seg.main([PROMPT_CFG, *_common(work / "prompt", world), "--cfg-options", *clip])
     prompt = work / "prompt" / "prompt.pth"
@@ -55,6 +63,16 @@ def results(world, tmp_path_factory) -> dict:
     pomp = _train_and_test(world, work / "pomp", STAGE_B + enc + [f"model.text_encoder.prompt={prompt}"])
     rand = _train_and_test(world, work / "random", STAGE_B + enc + RANDOM_TEXT)
     return {"pomp": pomp, "random": rand}
+
+
+@pytest.fixture(scope="module")
+def results(world, tmp_path_factory) -> dict:
+    return _pomp_vs_random(world, tmp_path_factory.mktemp("segruns"))
+
+
+@pytest.fixture(scope="module")
+def real_results(real_world, tmp_path_factory) -> dict:
+    return _pomp_vs_random(real_world, tmp_path_factory.mktemp("segruns_real"))
 
 
 def test_pomp_text_features_segment_unseen_classes_far_above_random(results):
@@ -67,6 +85,25 @@ def test_pomp_text_features_segment_unseen_classes_far_above_random(results):
     assert pomp["mIoU_unseen"] > rand["mIoU_unseen"] + 3.5
     assert pomp["hIoU"] > rand["hIoU"] + 5.0
     assert set(pomp) >= {"mIoU_seen", "IoU.small green plain diamond"}
+
+
+def test_real_training_condition_unseen_objects_labelled_ignore_still_segmented(real_world, real_results):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    unseen = json.loads((real_world / "classes.json").read_text())["unseen"]
+    labels = [np.array(Image.open(p)) for p in sorted((real_world / "ann_dir" / "train").glob("*.png"))]
+    assert sum(np.isin(m, unseen).any() for m in labels) >= 10  # training scenes do hold unseen objects
+    pomp, rand = real_results["pomp"], real_results["random"]
+    print({k: {m: v[m] for m in ("mIoU_seen", "mIoU_unseen", "hIoU")} for k, v in real_results.items()})
+    # docs/segmentation.md, 200 validation scenes, one thread: unseen mIoU POMP 9.9 / 11.3 (seeds 0 / 1)
+    # and 14.2 (this test), random 3.8 / 3.2 / 3.8; hIoU POMP 12.5 / 16.5 / 17.5, random 0.0 / 5.1 / 0.0.
+    # Thresholds: under half the smallest values and gaps.
+    assert pomp["mIoU_unseen"] > 4.5
+    assert pomp["mIoU_unseen"] > rand["mIoU_unseen"] + 3.0
+    assert pomp["hIoU"] > rand["hIoU"] + 5.5
 
 
 def test_resume_continues_the_iteration_counter(world, tmp_path):

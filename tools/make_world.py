@@ -33,6 +33,9 @@ def main(argv=None) -> None:
         raise NotADirectoryError(f"--out '{args.out}' is a file; give a folder")
     if not 0 < args.unseen_fraction < 1:
         raise ValueError(f"--unseen-fraction must be between 0 and 1, got {args.unseen_fraction}")
+    if not 0 <= args.seg_train_unseen < 1:
+        raise ValueError(f"--seg-train-unseen is the share of unseen objects in segmentation training scenes, "
+                         f"0 (seen classes only) <= share < 1; got {args.seg_train_unseen}")
     sizes = {f.name: getattr(args, f.name) for f in dataclasses.fields(WorldConfig) if hasattr(args, f.name)}
     negative = [f"--{k.replace('_', '-')} {v}" for k, v in sizes.items() if min(v if isinstance(v, (list, tuple)) else [v]) < 0]
     if negative:

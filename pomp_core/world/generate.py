@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -37,10 +37,11 @@ class WorldConfig:
     det_images: Tuple[int, int] = (120, 40)  # train, val scenes
     seg_classes: int = 20
     seg_images: Tuple[int, int] = (120, 40)
-    # False: training scenes hold seen classes only. True: the real training condition of
-    # VOC / COCO-Stuff, unseen objects in training scenes too (the seg datasets' ignore_unseen
-    # labels them ignore when loading); validation scenes are the same either way.
-    seg_train_unseen: bool = False
+    # Share of training-scene objects drawn from the unseen classes. 0: training scenes hold
+    # seen classes only. > 0: the real training condition of VOC / COCO-Stuff, unseen objects
+    # in training scenes too (the seg datasets' ignore_unseen labels them ignore when
+    # loading); 0.25 = every class equally likely (5 of 20). Validation scenes never change.
+    seg_train_unseen: float = 0.0
 
 
 def world_classes(cfg: WorldConfig) -> Tuple[List[ObjectClass], List[int], List[int]]:
@@ -97,11 +98,13 @@ def write_classification(cfg: WorldConfig, out: Path) -> Dict[str, str]:
     return files
 
 
-def _scene(cfg: WorldConfig, cat_ids: Sequence[int], classes: List[ObjectClass], rng: np.random.Generator):
-    """2-5 objects at random places (overlap allowed; later objects occlude)."""
+def _scene(cfg: WorldConfig, cat_ids: Sequence[int], classes: List[ObjectClass], rng: np.random.Generator,
+           probs: Optional[np.ndarray] = None):
+    """2-5 objects at random places (overlap allowed; later objects occlude), their classes
+    drawn from ``cat_ids`` uniformly or with ``probs``."""
     objs = []
     for _ in range(int(rng.integers(2, 6))):
-        c = int(rng.choice(cat_ids))
+        c = int(rng.choice(cat_ids, p=probs))
         r = sample_radius(classes[c].size, rng)
         center = tuple(rng.uniform(r, cfg.scene_size - r, 2))
         objs.append((c, center, r, float(rng.uniform(0, 0.5))))
@@ -161,6 +164,20 @@ def write_detection(cfg: WorldConfig, out: Path) -> Dict[str, str]:
     return files
 
 
+def _train_classes(vocab: Sequence[int], unseen: set, share: float) -> Tuple[List[int], Optional[np.ndarray]]:
+    """Classes of the training scenes and their probabilities: the seen ones uniformly when
+    ``share`` is 0, else all of them with ``share`` of the mass spread over the unseen ones."""
+    if not 0 <= share < 1:
+        raise ValueError(f"seg_train_unseen is the share of unseen objects in training scenes, "
+                         f"0 <= share < 1; got {share}")
+    seen = [c for c in vocab if c not in unseen]
+    if share == 0:
+        return seen, None
+    n_unseen = len(vocab) - len(seen)
+    probs = np.array([share / n_unseen if c in unseen else (1 - share) / len(seen) for c in vocab])
+    return list(vocab), probs
+
+
 def write_segmentation(cfg: WorldConfig, out: Path) -> Dict[str, str]:
     classes, seen, unseen = world_classes(cfg)
     rng = _rng(cfg, 7)
@@ -169,10 +186,11 @@ def write_segmentation(cfg: WorldConfig, out: Path) -> Dict[str, str]:
     seg = out / "segmentation"
     # By default unseen classes appear in validation scenes only: a training scene holding an
     # unlabelled unseen object teaches the mask head that it is background (seg_train_unseen).
-    seen_vocab = vocab if cfg.seg_train_unseen else [c for c in vocab if c not in set(unseen)]
+    train_ids, train_probs = _train_classes(vocab, set(unseen), cfg.seg_train_unseen)
     for split, n_img, key in (("train", cfg.seg_images[0], 8), ("val", cfg.seg_images[1], 9)):
         for i in Progress(range(n_img), desc=f"segmentation {split}", leave=False):
-            img, objs = _scene(cfg, seen_vocab if split == "train" else vocab, classes, _rng(cfg, key, i))
+            img, objs = (_scene(cfg, train_ids, classes, _rng(cfg, key, i), train_probs) if split == "train"
+                         else _scene(cfg, vocab, classes, _rng(cfg, key, i)))
             label = np.full((cfg.scene_size, cfg.scene_size), 255, dtype=np.uint8)  # 255 = background/ignore
             for c, m in objs:
                 label[m] = vocab.index(c)
