@@ -18,7 +18,6 @@ exact, and most prompts are 10-30 of 77 tokens.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -30,19 +29,46 @@ from .prompt import PromptLearner
 logger = logging.getLogger(__name__)
 
 
-@dataclass
 class TextTower:
-    """The pieces of an open_clip text tower that prompted encoding needs."""
+    """The pieces of an open_clip text tower that prompted encoding needs.
 
-    token_embedding: nn.Embedding
-    positional_embedding: torch.Tensor
-    transformer: nn.Module
-    ln_final: nn.Module
-    text_projection: Optional[torch.Tensor | nn.Module]
-    attn_mask: Optional[torch.Tensor]
-    pool_type: str
-    eos_id: Optional[int]
-    context_length: int
+    Tensors are read from the tower on every access: ``model.to(device / dtype)`` replaces
+    buffers such as the causal ``attn_mask`` with new tensors, so a reference taken when the
+    encoder was built would stay on the old device (the frameworks move models after
+    building them)."""
+
+    def __init__(self, module: nn.Module, pool_type: str, eos_id: Optional[int]) -> None:
+        self.module = module
+        self.pool_type = pool_type
+        self.eos_id = eos_id
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        return self.module.token_embedding
+
+    @property
+    def transformer(self) -> nn.Module:
+        return self.module.transformer
+
+    @property
+    def ln_final(self) -> nn.Module:
+        return self.module.ln_final
+
+    @property
+    def positional_embedding(self) -> torch.Tensor:
+        return self.module.positional_embedding
+
+    @property
+    def text_projection(self) -> Optional[torch.Tensor | nn.Module]:
+        return self.module.text_projection
+
+    @property
+    def attn_mask(self) -> Optional[torch.Tensor]:
+        return self.module.attn_mask
+
+    @property
+    def context_length(self) -> int:
+        return self.positional_embedding.shape[0]
 
     @property
     def width(self) -> int:
@@ -68,17 +94,8 @@ def text_tower(model: nn.Module) -> TextTower:
     pool_type = getattr(tower, "pool_type", None) or getattr(model, "text_pool_type", "argmax")
     if pool_type not in ("argmax", "eos"):
         raise TypeError(f"text pool type '{pool_type}' has no EOT feature; need 'argmax' or 'eos'")
-    return TextTower(
-        token_embedding=tower.token_embedding,
-        positional_embedding=tower.positional_embedding,
-        transformer=tower.transformer,
-        ln_final=tower.ln_final,
-        text_projection=tower.text_projection,
-        attn_mask=tower.attn_mask,
-        pool_type=pool_type,
-        eos_id=getattr(tower, "eos_id", None) or getattr(model, "text_eos_id", None),
-        context_length=tower.positional_embedding.shape[0],
-    )
+    return TextTower(tower, pool_type=pool_type,
+                     eos_id=getattr(tower, "eos_id", None) or getattr(model, "text_eos_id", None))
 
 
 class PromptedTextEncoder:

@@ -180,3 +180,22 @@ def test_whole_string_ids_with_context_placeholders_are_open_clips(tiny_clip):
     ids, is_ctx = enc.token_ids(PUNCTUATED, 4, "end")
     assert torch.equal(ids, tokenizer(["X X X X " + n.replace("_", " ") + "." for n in PUNCTUATED]))
     assert (is_ctx.sum(1) == 4).all() and is_ctx[:, 1:5].all()
+
+
+def test_encoder_follows_the_model_moved_after_it_was_built():
+    """detectron2 and mmengine move the model after building it: ``.to()`` replaces buffers
+    such as the causal mask, so the encoder must read them from the model, not keep its own."""
+    import pomp_core
+
+    torch.manual_seed(3)
+    model, tokenizer, _ = pomp_core.load_clip("pomp-tiny")
+    encoder = PromptedTextEncoder(model, tokenizer)
+    prompt = PromptLearner(n_ctx=5, width=encoder.tower.width)
+    with torch.no_grad():
+        before = encoder(prompt, NAMES)
+        model.to(torch.float64)
+        prompt.to(torch.float64)
+        after = encoder(prompt, NAMES)
+    assert encoder.tower.attn_mask is model.attn_mask and encoder.tower.attn_mask.dtype == torch.float64
+    assert after.dtype == torch.float64
+    torch.testing.assert_close(after.float(), before, atol=1e-5, rtol=0)
