@@ -34,6 +34,21 @@ def raw_label_values(seg_map_path: str) -> List[int]:
     return np.unique(seg).tolist()
 
 
+def label_values(paths: Sequence[str], cache_file: Optional[str] = None) -> Dict[str, List[int]]:
+    """:func:`raw_label_values` of each annotation file, read from / written to the JSON cache
+    ``cache_file`` when given (COCO-Stuff's 118k annotations take minutes to list)."""
+    cache: Dict[str, List[int]] = {}
+    if cache_file and os.path.isfile(cache_file):
+        with open(cache_file) as f:
+            cache = json.load(f)
+    missing = [p for p in paths if p not in cache]
+    for path in missing:
+        cache[path] = raw_label_values(path)
+    if cache_file and missing:
+        atomic_write_text(cache_file, json.dumps(cache))
+    return cache
+
+
 def loaded_labels(values: Sequence[int], reduce_zero_label: bool,
                   label_map: Optional[Mapping[int, int]]) -> List[int]:
     """The labels ``LoadAnnotations`` makes of raw ``values``: 0 and 255 -> 255 and ``v - 1``
@@ -115,25 +130,16 @@ class ClassRecordDataset:
         ZSSeg's records come in that order (detectron2's ``load_sem_seg`` sorts the files, its
         label-count lists are sorted), so the same seed draws the same records from the same
         annotations, whatever order the split files list the images in."""
-        cache: Dict[str, List[int]] = {}
-        if self.class_count_file and os.path.isfile(self.class_count_file):
-            with open(self.class_count_file) as f:
-                cache = json.load(f)
-        read = 0
         seen = self._seen_ids()
         records = []
         infos = [self.dataset.get_data_info(idx) for idx in range(len(self.dataset))]
+        values = label_values([info["seg_map_path"] for info in infos], self.class_count_file)
         stem = lambda i: os.path.splitext(os.path.basename(infos[i]["seg_map_path"]))[0]  # noqa: E731
         for idx in sorted(range(len(infos)), key=stem):
             info = infos[idx]
-            path = info["seg_map_path"]
-            if path not in cache:
-                cache[path] = raw_label_values(path)
-                read += 1
-            labels = loaded_labels(cache[path], info.get("reduce_zero_label", False), info.get("label_map"))
+            labels = loaded_labels(values[info["seg_map_path"]], info.get("reduce_zero_label", False),
+                                   info.get("label_map"))
             records += [(idx, c) for c in labels if c in seen]
-        if self.class_count_file and read:
-            atomic_write_text(self.class_count_file, json.dumps(cache))
         return records
 
     def _sample(self, records: List[Tuple[int, int]]) -> List[Tuple[int, int]]:

@@ -11,8 +11,11 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from mmengine.logging import print_log
 from mmseg.datasets import BaseSegDataset, COCOStuffDataset, PascalVOCDataset
 from mmseg.registry import DATASETS
+
+from .class_records import label_values, loaded_labels
 
 # The published ZS3Net/ZSSeg splits (POMP notes, section 8), in mmseg's class spelling.
 VOC_UNSEEN = ("pottedplant", "sheep", "sofa", "train", "tvmonitor")
@@ -57,10 +60,21 @@ def seen_classes(spec: str | Sequence[str]) -> List[str]:
 
 
 class ZeroShotSegMixin:
-    """Adds ``ignore_unseen`` and a readable error for a missing dataset root."""
+    """Adds ``ignore_unseen``, ``drop_all_ignore`` and a readable error for a missing dataset root.
 
-    def __init__(self, *args, ignore_unseen: bool = False, **kwargs) -> None:
+    ``drop_all_ignore``: leave out images whose loaded labels are all ignore (with
+    ``ignore_unseen``: images of unseen classes and background only), as ZSSeg's data
+    preparation does (``prepare_voc_sem_seg.py`` writes no annotation for them). Kept, such an
+    image trains every query towards "no object" while it shows unseen objects. Listing the
+    labels reads every annotation once; ``class_count_file`` caches the lists (the same file
+    as stage (a)'s ``ClassRecordDataset``).
+    """
+
+    def __init__(self, *args, ignore_unseen: bool = False, drop_all_ignore: bool = False,
+                 class_count_file: Optional[str] = None, **kwargs) -> None:
         self.ignore_unseen = ignore_unseen
+        self.drop_all_ignore = drop_all_ignore
+        self.class_count_file = class_count_file
         root = kwargs.get("data_root")
         if root is not None and not os.path.isdir(root):
             raise FileNotFoundError(
@@ -74,7 +88,21 @@ class ZeroShotSegMixin:
         return [classes.index(c) for c in self.metainfo.get("unseen_classes", ()) if c in classes]
 
     def load_data_list(self) -> List[dict]:
-        data_list = super().load_data_list()
+        data_list = self._with_unseen_ignored(super().load_data_list())
+        return self._without_all_ignore(data_list) if self.drop_all_ignore else data_list
+
+    def _without_all_ignore(self, data_list: List[dict]) -> List[dict]:
+        values = label_values([info["seg_map_path"] for info in data_list], self.class_count_file)
+        n_classes = len(self.metainfo["classes"])
+        kept = [info for info in data_list
+                if any(0 <= c < n_classes and c != self.ignore_index
+                       for c in loaded_labels(values[info["seg_map_path"]], info.get("reduce_zero_label", False),
+                                              info.get("label_map")))]
+        print_log(f"{type(self).__name__}: {len(data_list) - len(kept)} of {len(data_list)} images have only "
+                  "ignored labels and are left out (drop_all_ignore=True, as ZSSeg)", logger="current")
+        return kept
+
+    def _with_unseen_ignored(self, data_list: List[dict]) -> List[dict]:
         if not self.ignore_unseen:
             return data_list
         unseen = set(self.unseen_ids())

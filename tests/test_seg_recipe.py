@@ -2,7 +2,9 @@
 empty proposals, input normalisation, the query MLP, the separate region prompt, stage (a)'s
 crops and the cross-dataset settings; and the configs built and run on generated data in
 the real layouts with the real class lists."""
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,19 +81,40 @@ def test_stage_a_lr_is_zssegs_constant_warmup_then_cosine():
 
 def test_voc_trains_on_trainaug_with_unseen_pixels_ignored(tmp_path):
     # VOC ids: 1 aeroplane ... 15 person (seen), 16 pottedplant ... 20 tvmonitor (unseen)
-    voc = make_voc(tmp_path, train={"t1": [1, 16]}, aug={"a1": [3], "a2": [20, 15]}, val={"v1": [2]})
+    # a3 holds unseen classes only: every label ignored, left out as ZSSeg's data preparation does
+    voc = make_voc(tmp_path, train={"t1": [1, 16]}, aug={"a1": [3], "a3": [16, 19], "a2": [20, 15]}, val={"v1": [2]})
     cfg = Config.fromfile(str(VOC_CFG))
     init_default_scope("mmseg")
     loader = cfg.train_dataloader.dataset
     for d in loader.datasets:
         d.data_root = str(voc)
         d.pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations")]
+        assert d.drop_all_ignore is True
     dataset = DATASETS.build(loader)
-    assert len(dataset) == 3  # train.txt + aug.txt
+    assert len(dataset) == 3  # train.txt + aug.txt, a3 left out
+    assert sorted(Path(dataset[i]["seg_map_path"]).stem for i in range(3)) == ["a1", "a2", "t1"]
     labels = {int(v) for i in range(3) for v in np.unique(dataset[i]["gt_seg_map"])}
     # reduce_zero_label: background 0 -> 255, class k -> k - 1; unseen (15-19) -> 255
     assert labels == {0, 2, 14, 255}
     assert [d.data_prefix["seg_map_path"] for d in loader.datasets] == ["SegmentationClass", "SegmentationClassAug"]
+    for d in loader.datasets:
+        d.drop_all_ignore = False
+    assert len(DATASETS.build(loader)) == 4
+
+
+def test_coco_stuff_training_leaves_out_images_with_only_ignored_labels(tmp_path):
+    # labelTrainIds: 0 person and 40 wine glass seen, 19 cow unseen; 255 unlabelled
+    coco = make_coco_stuff(tmp_path, train={"000000000001": [0, 19], "000000000003": [19],
+                                            "000000000004": [40]}, val={"000000000002": [0]})
+    init_default_scope("mmseg")
+    ds = Config.fromfile(str(COCO_CFG)).train_dataloader.dataset
+    assert ds.drop_all_ignore is True
+    cache = tmp_path / "labels.json"
+    ds.update(data_root=str(coco), pipeline=[dict(type="LoadImageFromFile")], class_count_file=str(cache))
+    kept = DATASETS.build(ds)
+    assert sorted(Path(kept[i]["seg_map_path"]).name.split("_")[0] for i in range(len(kept))) == [
+        "000000000001", "000000000004"]
+    assert len(json.loads(cache.read_text())) == 3  # every annotation listed once, then cached
 
 
 def test_backbone_input_and_sizes_are_zssegs():

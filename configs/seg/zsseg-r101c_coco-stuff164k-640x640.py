@@ -20,7 +20,11 @@ test_pipeline = [
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
+# drop_all_ignore: images whose labels are all unseen / unlabelled are left out, as ZSSeg's
+# prepare_coco_stuff_164k_sem_seg.py writes no annotation for them; listing 118k annotations
+# takes minutes per process: class_count_file=PATH caches the lists (shared with stage (a))
 train_dataloader = dict(batch_size=4, dataset=dict(type='ZeroShotCOCOStuffDataset', ignore_unseen=True,
+                                                   drop_all_ignore=True, class_count_file=None,
                                                    pipeline=train_pipeline))
 val_dataloader = dict(dataset=dict(type='ZeroShotCOCOStuffDataset', pipeline=test_pipeline))
 test_dataloader = val_dataloader

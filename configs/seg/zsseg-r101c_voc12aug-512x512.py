@@ -22,8 +22,10 @@ test_pipeline = [
     dict(type='LoadAnnotations'),
     dict(type='PackSegInputs'),
 ]
-voc_train = dict(type='ZeroShotVOCDataset', ignore_unseen=True, data_root={{_base_.data_root}},
-                 pipeline=train_pipeline)
+# drop_all_ignore: images of unseen classes and background only are left out, as ZSSeg's
+# prepare_voc_sem_seg.py writes no annotation for them
+voc_train = dict(type='ZeroShotVOCDataset', ignore_unseen=True, drop_all_ignore=True,
+                 data_root={{_base_.data_root}}, pipeline=train_pipeline)
 train_dataloader = dict(
     batch_size=2,
     dataset=dict(type='ConcatDataset', datasets=[
