@@ -42,7 +42,10 @@ def encode_vocabulary(names: Sequence[str], clip_model: str, clip_pretrained: st
     """[C, D] text embeddings (not normalised) of ``names`` with a prompt file or words.
 
     The result is cached under ``cache_dir`` keyed by the model, the checkpoint and prompt
-    contents and the names, so building a detector again does not re-run CLIP.
+    contents and the names, so building a detector again does not re-run CLIP. A first build
+    and a cached one are the same: the encoding leaves torch's random state as it found it
+    (building CLIP draws initial weights, which would shift every module initialised after
+    the classifier), and with a cache the values returned are the cache's (float16-rounded).
     """
     import pomp_core
     from pomp_core.embeddings import save_embeddings
@@ -59,13 +62,15 @@ def encode_vocabulary(names: Sequence[str], clip_model: str, clip_pretrained: st
         cache = Path(os.path.expanduser(cache_dir)) / f"{clip_model}-{len(names)}-{digest}.npy"
         if cache.is_file():
             return load_embedding_file(cache)
-    model, tokenizer, _ = pomp_core.load_clip(clip_model, pretrained=clip_pretrained or None)
-    learner = (pomp_core.load_prompt(prompt, trusted=prompt_trusted) if prompt
-               else pomp_core.PromptLearner.from_words(prompt_words, model, tokenizer))
-    emb = pomp_core.class_embeddings(model, tokenizer, learner, names, normalize=False)
+    with torch.random.fork_rng(devices=[]):  # CLIP is built on the CPU
+        model, tokenizer, _ = pomp_core.load_clip(clip_model, pretrained=clip_pretrained or None)
+        learner = (pomp_core.load_prompt(prompt, trusted=prompt_trusted) if prompt
+                   else pomp_core.PromptLearner.from_words(prompt_words, model, tokenizer))
+        emb = pomp_core.class_embeddings(model, tokenizer, learner, names, normalize=False)
     if cache is not None:
         save_embeddings(emb, cache, fmt="detic")  # atomic: ranks may write it at once
         logger.info("cached %d class embeddings in %s", len(names), cache)
+        return load_embedding_file(cache)
     return emb.float()
 
 
