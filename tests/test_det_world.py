@@ -28,8 +28,8 @@ MIN_NOVEL_AP = 5.0  # APr points, under half the lower seed's
 MARGIN = 4.0  # APr points over the control, under half the smaller gap
 # CenterNet2 (world-base_c2_*.yaml), measured (docs/detection.md, seeds 1-3, OMP_NUM_THREADS=1):
 # APr 14.8 / 16.0 / 23.3 with the tiny CLIP's embeddings, 0.0 / 0.0 / 1.4 with random ones (gaps
-# 14.8 / 16.0 / 21.9); seed 1 with torch's default two threads: 11.6 vs 0.0. 0.3 with the tiny
-# CLIP when the federated weights leave the novel classes out (train_boxes, seed 1).
+# 14.8 / 16.0 / 21.9); with torch's default two threads, seeds 1 / 2: 11.6 / 13.9 vs 0.0 / 0.0.
+# 0.3 with the tiny CLIP when the federated weights leave the novel classes out (train_boxes).
 C2_MIN_NOVEL_AP = 5.5  # APr points, under half the lowest run's
 C2_MARGIN = 5.5  # APr points over the control, under half the smallest gap
 
