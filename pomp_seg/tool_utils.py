@@ -69,17 +69,13 @@ def _replace(node, old: str, new: str):
     return new if node == old else node
 
 
-def _leaf_datasets(ds) -> list:
+def _datasets(ds) -> list:
+    """The leaf dataset configs of a dataset config, inside a ConcatDataset or a dataset wrapper too."""
     if ds.get("type") == "ConcatDataset":
-        return [leaf for d in ds.datasets for leaf in _leaf_datasets(d)]
+        return [leaf for d in ds.datasets for leaf in _datasets(d)]
     if "dataset" in ds:  # a wrapper (ClassRecordDataset)
-        return _leaf_datasets(ds.dataset)
+        return _datasets(ds.dataset)
     return [ds]
-
-
-def _datasets(loader_cfg) -> list:
-    """The dataset configs of a dataloader, inside a ConcatDataset or a dataset wrapper too."""
-    return _leaf_datasets(loader_cfg.dataset)
 
 
 def set_data_root(cfg: Config, root: str) -> None:
@@ -87,7 +83,7 @@ def set_data_root(cfg: Config, root: str) -> None:
     if not osp.isdir(root):
         raise FileNotFoundError(f"--data-root '{root}' does not exist")
     datasets = [d for k in ("train_dataloader", "val_dataloader", "test_dataloader") if cfg.get(k)
-                for d in _datasets(cfg[k])]
+                for d in _datasets(cfg[k].dataset)]
     old = {d.get("data_root") for d in datasets} - {None}
     for d in datasets:
         d.data_root = root
@@ -98,7 +94,7 @@ def set_data_root(cfg: Config, root: str) -> None:
 def check_data_roots(cfg: Config) -> None:
     """Each dataloader's data root exists: fail before the model (and its CLIP) is built."""
     for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        roots = {d.get("data_root") for d in _datasets(cfg[key])} if cfg.get(key) else set()
+        roots = {d.get("data_root") for d in _datasets(cfg[key].dataset)} if cfg.get(key) else set()
         for root in sorted(r for r in roots if r and not osp.isdir(r)):
             raise FileNotFoundError(
                 f"{key}'s data root '{root}' does not exist: pass --data-root DIR (see docs/segmentation.md; "

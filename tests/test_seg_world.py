@@ -3,10 +3,13 @@ trained on seen labels only, then tested on all classes with the seen/unseen met
 the same pipeline with random class embeddings, in both settings (training scenes of seen
 classes only; the real condition, unseen objects in training scenes labelled ignore); and
 resuming an interrupted run. Figures behind the thresholds: docs/segmentation.md."""
+import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from frameworks import require
 
@@ -88,11 +91,6 @@ def test_pomp_text_features_segment_unseen_classes_far_above_random(results):
 
 
 def test_real_training_condition_unseen_objects_labelled_ignore_still_segmented(real_world, real_results):
-    import json
-
-    import numpy as np
-    from PIL import Image
-
     unseen = json.loads((real_world / "classes.json").read_text())["unseen"]
     labels = [np.array(Image.open(p)) for p in sorted((real_world / "ann_dir" / "train").glob("*.png"))]
     assert sum(np.isin(m, unseen).any() for m in labels) >= 10  # training scenes do hold unseen objects
