@@ -183,6 +183,9 @@ def _download(url: str, dest: Path, entry: PretrainedPrompt, timeout: float, tru
                                          f"'{entry.name}' prompt (a web page instead of the file?)")
                     out.write(chunk)
                     bar.update(len(chunk))
+            # http.client ends a short body without an error: compare with the announced length
+            if length and length.isdigit() and out.tell() != int(length):
+                raise ConnectionError(f"the connection closed after {out.tell()} of {length} bytes")
         fsync_file(part)
         try:
             verify(entry, part, trusted)

@@ -4,6 +4,7 @@ import dataclasses
 import hashlib
 import http.server
 import logging
+import pathlib
 import socket
 import threading
 
@@ -19,8 +20,9 @@ B16_4 = "vit_b16_ep5_randaug2_unc1000_16shots_nctx4_cscFalse_ctpend_seed42.pth.t
 
 @pytest.fixture
 def server():
-    """Serves ``files`` (URL path -> bytes); ``requests`` lists the paths asked for."""
-    files, requests = {}, []
+    """Serves ``files`` (URL path -> bytes); ``requests`` lists the paths asked for; ``claimed``
+    (URL path -> bytes) announces a longer Content-Length than it sends, as a dropped connection."""
+    files, requests, claimed = {}, [], {}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -30,7 +32,7 @@ def server():
                 self.send_error(404)
                 return
             self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(claimed.get(self.path, len(body))))
             self.end_headers()
             self.wfile.write(body)
 
@@ -40,7 +42,7 @@ def server():
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    httpd.files, httpd.requests = files, requests
+    httpd.files, httpd.requests, httpd.claimed = files, requests, claimed
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     yield httpd
     httpd.shutdown()
@@ -142,6 +144,13 @@ def test_corrupted_downloads_are_refused(server, cache, tmp_path, monkeypatch):
             pretrained.fetch_prompt("pomp-vit-b16-ctx4")
         assert list(cache.iterdir()) == []  # nothing kept, not even the temporary
 
+    # a connection that drops before the announced length: a failed download, nothing kept
+    server.files[f"/{B16_4}"], server.claimed[f"/{B16_4}"] = good[:1000], len(good)
+    with pytest.raises(WeightsUnavailable, match=f"ConnectionError: the connection closed after 1000 of {len(good)} "):
+        pretrained.fetch_prompt("pomp-vit-b16-ctx4")
+    assert list(cache.iterdir()) == []
+    del server.claimed[f"/{B16_4}"]
+
     # where the table knows the sha256, a well-formed file with other values is refused too
     entry = dataclasses.replace(pretrained.PROMPTS["pomp-vit-b16-ctx4"], sha256=hashlib.sha256(good).hexdigest())
     monkeypatch.setitem(pretrained.PROMPTS, entry.name, entry)
@@ -191,6 +200,13 @@ def test_hand_placed_files_are_checked(cache, tmp_path, monkeypatch):
     (cache / B16_4).write_bytes(good)
     assert pomp_core.load_prompt("pomp-vit-b16-ctx4").n_ctx == 4
 
+    # objects a safe load refuses: named, and read when the user says the file is trusted
+    monkeypatch.setitem(pretrained.PROMPTS, entry.name, dataclasses.replace(entry, sha256=None))
+    torch.save({"state_dict": {"ctx": expected_ctx()}, "note": pathlib.PurePosixPath("x")}, cache / B16_4)
+    with pytest.raises(ValueError, match="holds objects that a safe load refuses .*pass trusted=True: delete"):
+        pomp_core.load_prompt("pomp-vit-b16-ctx4")
+    torch.testing.assert_close(pomp_core.load_prompt("pomp-vit-b16-ctx4", trusted=True).ctx.data, expected_ctx())
+
 
 def test_cache_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("POMP_CACHE", str(tmp_path))
@@ -198,6 +214,11 @@ def test_cache_folder(monkeypatch, tmp_path):
     monkeypatch.delenv("POMP_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert pretrained.cache_dir() == tmp_path / "home" / ".cache" / "pomp" / "prompts"
+    entry = pretrained.PROMPTS["pomp-vit-b32-ctx4"]
+    monkeypatch.delenv("POMP_PROMPT_MIRROR", raising=False)
+    assert pretrained.download_url(entry) == entry.url
+    monkeypatch.setenv("POMP_PROMPT_MIRROR", "http://mirror.lan/pomp/")
+    assert pretrained.download_url(entry) == "http://mirror.lan/pomp/" + entry.filename
 
 
 def test_a_cut_prompt_file_is_one_clear_error(tmp_path):
