@@ -21,7 +21,8 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from types import MappingProxyType
+from typing import Dict, List, Mapping, Optional
 
 import torch
 
@@ -69,7 +70,8 @@ class PretrainedPrompt:
     max_size: int = 1 << 20  # "only a few KBs" (the release's MODELS.md): a bigger answer is not the prompt
 
 
-PROMPTS: Dict[str, PretrainedPrompt] = {p.name: p for p in (
+# read-only: the table is data, not a registry to add to at run time
+PROMPTS: Mapping[str, PretrainedPrompt] = MappingProxyType({p.name: p for p in (
     PretrainedPrompt(
         "pomp-vit-b16-ctx4", "vit_b16_ep5_randaug2_unc1000_16shots_nctx4_cscFalse_ctpend_seed42.pth.tar",
         "ViT-B/16", "ViT-B-16-quickgelu", "openai", n_ctx=4, epochs=5,
@@ -90,7 +92,7 @@ PROMPTS: Dict[str, PretrainedPrompt] = {p.name: p for p in (
         "ViT-B/32", "ViT-B-32-quickgelu", "openai", n_ctx=16, epochs=20,
         url=B32_REPO + "vit_b32_ep20_randaug2_unc1000_16shots_nctx16_cscFalse_ctpend_seed42.pth.tar",
         source=B32_ANNOUNCEMENT, accuracy={"cross_dataset": 61.8}),
-)}
+)})
 
 
 class PromptUnavailable(WeightsUnavailable):

@@ -56,6 +56,11 @@ def cache(tmp_path, monkeypatch):
     return tmp_path / "cache" / "prompts"
 
 
+def with_entry(monkeypatch, entry) -> None:
+    """Replace one entry of the (read-only) table for a test: e.g. with a known sha256."""
+    monkeypatch.setattr(pretrained, "PROMPTS", {**pretrained.PROMPTS, entry.name: entry})
+
+
 def closed_port_url() -> str:
     """An address on 127.0.0.1 where nothing listens: a download there fails at once, as offline."""
     with socket.socket() as s:
@@ -153,7 +158,7 @@ def test_corrupted_downloads_are_refused(server, cache, tmp_path, monkeypatch):
 
     # where the table knows the sha256, a well-formed file with other values is refused too
     entry = dataclasses.replace(pretrained.PROMPTS["pomp-vit-b16-ctx4"], sha256=hashlib.sha256(good).hexdigest())
-    monkeypatch.setitem(pretrained.PROMPTS, entry.name, entry)
+    with_entry(monkeypatch, entry)
     server.files[f"/{B16_4}"] = release_file(tmp_path, seed=1)
     with pytest.raises(ValueError, match="the file has sha256 [0-9a-f]{64}, not " + entry.sha256):
         pretrained.fetch_prompt(entry.name)
@@ -162,7 +167,7 @@ def test_corrupted_downloads_are_refused(server, cache, tmp_path, monkeypatch):
     assert pretrained.fetch_prompt(entry.name) == cache / B16_4
 
     # an answer far larger than a prompt is cut off while it streams
-    monkeypatch.setitem(pretrained.PROMPTS, entry.name, dataclasses.replace(entry, max_size=1000))
+    with_entry(monkeypatch, dataclasses.replace(entry, max_size=1000))
     (cache / B16_4).unlink()
     with pytest.raises(ValueError, match="sends more than 1000 bytes"):
         pretrained.fetch_prompt(entry.name)
@@ -193,7 +198,7 @@ def test_hand_placed_files_are_checked(cache, tmp_path, monkeypatch):
         pomp_core.load_prompt("pomp-vit-b16-ctx4")
 
     entry = dataclasses.replace(pretrained.PROMPTS["pomp-vit-b16-ctx4"], sha256=hashlib.sha256(good).hexdigest())
-    monkeypatch.setitem(pretrained.PROMPTS, entry.name, entry)
+    with_entry(monkeypatch, entry)
     (cache / B16_4).write_bytes(release_file(tmp_path, seed=2))  # well formed, another prompt
     with pytest.raises(ValueError, match=f"{cache / B16_4} has sha256 [0-9a-f]{{64}}, not {entry.sha256}: delete"):
         pomp_core.load_prompt("pomp-vit-b16-ctx4")
@@ -201,7 +206,7 @@ def test_hand_placed_files_are_checked(cache, tmp_path, monkeypatch):
     assert pomp_core.load_prompt("pomp-vit-b16-ctx4").n_ctx == 4
 
     # objects a safe load refuses: named, and read when the user says the file is trusted
-    monkeypatch.setitem(pretrained.PROMPTS, entry.name, dataclasses.replace(entry, sha256=None))
+    with_entry(monkeypatch, dataclasses.replace(entry, sha256=None))
     torch.save({"state_dict": {"ctx": expected_ctx()}, "note": pathlib.PurePosixPath("x")}, cache / B16_4)
     with pytest.raises(ValueError, match="holds objects that a safe load refuses .*pass trusted=True: delete"):
         pomp_core.load_prompt("pomp-vit-b16-ctx4")
