@@ -8,6 +8,7 @@ Public API::
 """
 from .clip_loader import load_clip, resolve_model_name
 from .embeddings import class_embeddings, save_embeddings
+from .pretrained import list_pretrained
 from .prompt import PromptLearner
 from .prompt_io import load_prompt, save_prompt, save_release_prompt
 from .text_encoder import PromptedTextEncoder, text_tower
@@ -17,6 +18,7 @@ __all__ = [
     "PromptLearner",
     "PromptedTextEncoder",
     "class_embeddings",
+    "list_pretrained",
     "load_clip",
     "load_prompt",
     "load_vocabulary",

@@ -37,13 +37,20 @@ def length_groups(lengths: torch.Tensor, min_rows: int = 16) -> List[Tuple[torch
     return groups
 
 
-def shared_prefix(ids: torch.Tensor, eot: torch.Tensor, per_row: Optional[torch.Tensor] = None) -> int:
+def shared_prefix(ids: torch.Tensor, eot: torch.Tensor, per_row: Optional[torch.Tensor] = None,
+                  is_ctx: Optional[torch.Tensor] = None) -> int:
     """Number of leading positions whose embeddings are the same in every row.
 
-    Equal ids give equal embeddings except where ``per_row`` marks vectors that differ by
-    row (a class-specific context). At most ``min(eot)`` so every row keeps its EOT.
+    A position feeds every row the same vector when the rows agree on its token id and on
+    whether it is a context slot (``is_ctx``): a name's own "x" token has the placeholder's
+    id, so ids alone would call it equal to another row's context slot. Agreeing slot flags
+    up to a position also mean the same slot index there, hence the same shared context
+    vector. ``per_row`` marks vectors that differ by row even so (a class-specific context).
+    At most ``min(eot)`` so every row keeps its EOT.
     """
     same = (ids == ids[:1]).all(dim=0)
+    if is_ctx is not None:
+        same &= (is_ctx == is_ctx[:1]).all(dim=0)
     if per_row is not None:
         same &= ~per_row.any(dim=0)
     return min(int(same.int().cumprod(dim=0).sum()), int(eot.min()))

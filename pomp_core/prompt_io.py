@@ -73,7 +73,7 @@ def _read(path: Path, trusted: bool) -> Any:
         raise ValueError(
             f"{path} holds objects that a safe load refuses ({err.__class__.__name__}); "
             "if you trust the file, load it with trusted=True") from err
-    except (RuntimeError, EOFError) as err:
+    except (RuntimeError, EOFError, OSError) as err:  # torch's zip reader raises all three on a cut file
         raise ValueError(f"{path} is not a readable torch file (truncated or corrupt?): {err}") from err
 
 
@@ -87,16 +87,22 @@ def read_extra(path: str | os.PathLike, trusted: bool = False) -> Dict[str, Any]
 
 def load_prompt(path: str | os.PathLike, trusted: bool = False,
                 position: Optional[str] = None) -> PromptLearner:
-    """Load a prompt written by :func:`save_prompt` or by the POMP release.
+    """Load a prompt written by :func:`save_prompt` or by the POMP release, or a published
+    prompt by name (``pomp_core.list_pretrained()``; downloaded once, ``pomp_core.pretrained``).
 
     The release stores ``{"state_dict": {"ctx": [M, 512], "token_prefix": …,
     "token_suffix": …}, "epoch": …}``; its token buffers belong to a fixed class list and
     are ignored. Release prompts put the class token at the end unless ``position`` says
     otherwise. ``trusted=True`` allows files that need full unpickling.
     """
+    if not Path(path).is_file():
+        from .pretrained import is_pretrained_name, list_pretrained, load_pretrained
+
+        if is_pretrained_name(str(path)):
+            return load_pretrained(str(path), position=position, trusted=trusted)
+        raise FileNotFoundError(f"prompt file '{path}' does not exist, nor is it the name of a "
+                                f"published prompt ({', '.join(list_pretrained())})")
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file '{path}' does not exist")
     data = _read(path, trusted)
     state = data.get("state_dict") if isinstance(data, dict) else None
     ctx = state.get("ctx") if isinstance(state, dict) else None

@@ -225,8 +225,9 @@ class PromptedTextEncoder:
         slot = (is_ctx.cumsum(dim=1) - 1).clamp(min=0)
         ctx_full = torch.gather(ctx, 1, slot.unsqueeze(-1).expand(-1, -1, ctx.shape[-1]))
         x = torch.where(is_ctx.unsqueeze(-1), ctx_full, tower.token_embedding(ids).to(self.cast_dtype))
-        # a class-specific context differs by row even where the placeholder ids agree
-        return self.forward_embeddings(x, ids, truncate, per_row=is_ctx if prompt.class_specific else None)
+        # a class-specific context differs by row even where the slots agree
+        return self.forward_embeddings(x, ids, truncate, per_row=is_ctx if prompt.class_specific else None,
+                                       is_ctx=is_ctx)
 
     @property
     def cast_dtype(self) -> torch.dtype:
@@ -244,19 +245,21 @@ class PromptedTextEncoder:
         return self.forward_embeddings(self.tower.token_embedding(ids).to(self.cast_dtype), ids, truncate)
 
     def forward_embeddings(self, x: torch.Tensor, ids: torch.Tensor, truncate: bool = True,
-                           per_row: Optional[torch.Tensor] = None) -> torch.Tensor:
+                           per_row: Optional[torch.Tensor] = None,
+                           is_ctx: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Token embeddings [N, L, W] -> text features [N, D]; ``ids`` locate the EOT.
 
         With ``truncate`` and a causal tower the encoding is length-aware
         (``pomp_core.length_aware``): rows grouped by length, each group cut after its own
         longest EOT, and the leading positions shared by every row computed once
-        (``per_row`` marks positions whose vectors differ by row despite equal ids).
+        (``is_ctx`` marks the context slots, whose vectors are not the ids' embeddings;
+        ``per_row`` marks positions whose vectors differ by row even so).
         ``truncate=False`` is the plain computation over all positions.
         """
         tower = self.tower
         eot = self.eot_index(ids)
         if truncate and self.causal:
-            return encode_causal(tower, x, eot, shared_prefix(ids, eot, per_row), self.min_group_rows)
+            return encode_causal(tower, x, eot, shared_prefix(ids, eot, per_row, is_ctx), self.min_group_rows)
         x = x + tower.positional_embedding.to(x.dtype)
         x = tower.transformer(x, attn_mask=tower.attn_mask)
         x = tower.ln_final(x)
