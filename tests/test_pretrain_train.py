@@ -114,7 +114,7 @@ def test_every_epoch_kept_and_the_best_one_selected(world, tmp_path, monkeypatch
     epochs = {e: pomp_core.load_prompt(out / "prompts" / f"epoch_{e}.pth") for e in (1, 2, 3)}
     assert sorted(p.name for p in (out / "prompts").iterdir()) == ["epoch_1.pth", "epoch_2.pth", "epoch_3.pth"]
     assert all((out / "prompts" / f"epoch_{e}.pth").stat().st_size < 8000 for e in epochs)  # a few KB
-    assert [read_extra(out / "prompts" / f"epoch_{e}.pth")["step"] for e in (1, 2, 3)] == [5, 10, 15]
+    assert [read_extra(out / "prompts" / f"epoch_{e}.pth")["step"] for e in (1, 2, 3)] == [4, 8, 12]
     assert not torch.equal(epochs[1].ctx, epochs[2].ctx)
     best = pomp_core.load_prompt(final)
     assert torch.equal(best.ctx, epochs[2].ctx)
@@ -176,6 +176,16 @@ def test_two_micro_batches_give_the_mean_of_their_losses_and_gradients(world, tm
     assert abs(losses[0] - losses[1]) > 1e-3  # two different micro-batches
     step = ctx0 - trainer.prompt.ctx.detach()  # plain SGD: lr x gradient
     torch.testing.assert_close(step / cfg.optim.lr, (grads[0] + grads[1]) / 2, atol=1e-6, rtol=1e-5)
+
+    # micro-batch 1 unreadable: the step is micro-batch 0's mean gradient, not half of it
+    again = Pretrainer(cfg)
+    again.setup()
+    assert torch.equal(again.prompt.ctx.detach(), ctx0)
+    metrics = again.train_step([batches[0], {"skipped": torch.tensor(3)}])
+    assert metrics["loss"] == pytest.approx(losses[0], rel=1e-6) and again.skipped == 3
+    torch.testing.assert_close((ctx0 - again.prompt.ctx.detach()) / cfg.optim.lr, grads[0], atol=1e-6, rtol=1e-5)
+    assert again.train_step([{"skipped": torch.tensor(3)}] * 2) is None  # nothing readable: no update
+    assert again.skipped == 9
 
 
 def torchrun(tmp_path, argv, unreadable_rank=None):

@@ -166,13 +166,13 @@ def _end_epoch(t: "Pretrainer", log: Optional[MetricsLog]) -> None:
 
 
 def _validate(t: "Pretrainer", log: Optional[MetricsLog]) -> None:
-    epoch = (t.step - 1) // t.steps_per_epoch
+    epoch = (t.step - 1) // t.steps_per_epoch  # metrics.jsonl counts epochs from 0
     top1 = t.evaluate()
     if top1 is not None:
         t.selection.record(t.prompt, _epoch(t), top1, step=t.step)
         if log:
             log.log(t.step, {"val_top1": top1, "epoch": epoch})
-            logger.info("epoch %d: val top-1 over %d classes %.2f%%", epoch, t.num_classes, 100 * top1)
+            logger.info("epoch %d: val top-1 over %d classes %.2f%%", _epoch(t), t.num_classes, 100 * top1)
     t.wait_for_rank0()  # the other ranks wait for rank 0's validation here
     t.pending_validation = False
 
