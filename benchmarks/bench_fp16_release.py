@@ -11,7 +11,8 @@ Expected (docs/pretraining.md, fp16): in the warmup epoch fp16 moves a small fra
 entries where fp32 moves all of them; at lr 2e-3 both move all.
 
     python benchmarks/bench_fp16_release.py                       # a few minutes on one GPU
-    python benchmarks/bench_fp16_release.py --model pomp-tiny --device cpu --precisions fp32 --steps 2  # smoke
+    python benchmarks/bench_fp16_release.py --model pomp-tiny --image-size 32 --device cpu \
+        --precisions fp32 --steps 2 --k 16 --workers 0  # smoke test on CPU
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def write_images(root: Path, classes: int, per_class: int) -> None:
 def run(precision: str, args: argparse.Namespace, root: Path, out: Path) -> Dict[str, List[float]]:
     cfg = load_config(str(Path(__file__).resolve().parents[1] / "configs/pomp/vit_b16_ctx4_k1000_5ep.yaml"), [
         f"model.name={args.model}", f"model.pretrained={args.pretrained or 'null'}", f"data.root={root}",
-        "data.miil_tree=null", "data.val_root=null", "data.shots=1",
+        "data.miil_tree=null", f"data.image_size={args.image_size}", "data.val_root=null", "data.shots=1",
         f"data.workers={args.workers}", f"sampling.k={args.k}", f"optim.batch_size={args.batch}",
         "optim.epochs=5", f"train.max_steps={2 * args.steps}", f"train.precision={precision}",
         f"train.device={args.device}", "train.final_prompt=last", "train.tensorboard=false",
@@ -82,6 +83,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=40, help="steps per epoch (one image per class: N = steps x batch)")
     p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--image-size", type=int, default=224)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root, out = Path(tmp) / "images", Path(tmp) / "out"
