@@ -85,7 +85,7 @@ def test_winter21_rehearsal_with_duplicates_validation_and_similarity(tmp_path):
 
 DRIVER = """
 import os, runpy, sys, time
-from pomp_core.pretrain import trainer as T
+from pomp_core.pretrain import train_data as D, trainer as T
 slow = float(os.environ["SLOW_RANK0_S"])
 def slowly(fn):
     def wrapped(*args, **kwargs):
@@ -95,7 +95,7 @@ def slowly(fn):
     return wrapped
 for name in os.environ["SLOW_IN"].split(","):
     if name == "build_split_index":
-        T.build_split_index = slowly(T.build_split_index)
+        D.build_split_index = slowly(D.build_split_index)
     else:
         setattr(T.Pretrainer, name, slowly(getattr(T.Pretrainer, name)))
 sys.argv = [sys.argv[1]] + sys.argv[2:]

@@ -41,8 +41,8 @@ def main(argv: Optional[List[str]] = None) -> str:
     trainer.setup()
     if rank == 0:
         trainer.write_config()
-        logging.info("%d classes, %d training images, %d process(es), %d steps/epoch, K=%d",
-                     trainer.num_classes, len(trainer.index.train), trainer.world,
+        logging.info("%d classes, %d training images, %d process(es) x %d micro-batch(es), %d steps/epoch, K=%d",
+                     trainer.num_classes, len(trainer.index.train), trainer.world, cfg.optim.accumulate,
                      trainer.steps_per_epoch, cfg.sampling.k)
     if args.checkpoint:
         trainer.resume(args.checkpoint)

@@ -1,17 +1,32 @@
 """Pre-training configuration: dataclasses with documented defaults, YAML files, KEY=VALUE overrides.
 
 A YAML config may name ``_base_`` (a path relative to itself) whose values it overrides.
+The keys renamed when the proposal options became one section per distribution are read
+under their new names with a warning (:data:`RENAMED`).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import yaml
+
+from .proposals import PROPOSALS, proposal_entry
+
+logger = logging.getLogger(__name__)
+
+# old flat key -> its new name (read as the new key, with a warning)
+RENAMED = {
+    "sampling.proposal": "sampling.distribution.name",
+    "sampling.refresh_steps": "sampling.distribution.similarity.refresh_steps",
+    "sampling.temperature": "sampling.distribution.similarity.temperature",
+    "sampling.uniform_mix": "sampling.distribution.similarity.uniform_mix",
+}
 
 
 @dataclass
@@ -52,15 +67,23 @@ class DataConfig:
     max_skipped: int = 1000  # unreadable images tolerated before the run fails
 
 
+def distribution_config() -> Any:
+    """``sampling.distribution``: ``name`` plus one section of options per registered distribution
+    that has options (built from the registry, so a new distribution needs no edit here)."""
+    fields = [("name", str, field(default="uniform"))]  # a registered distribution: uniform | frequency | similarity
+    fields += [(name, entry.options, field(default_factory=entry.options))
+               for name, entry in sorted(PROPOSALS.items()) if entry.options is not None]
+    return dataclasses.make_dataclass("DistributionConfig", fields)()
+
+
 @dataclass
 class SamplingConfig:
     k: int = 1000  # classes per step (1 positive + K-1 shared negatives); K >= N = full softmax
-    proposal: str = "uniform"  # uniform | frequency (∝ images per class) | similarity (hard)
+    # the proposal of the negatives: name (uniform | frequency (∝ images per class) | similarity (hard))
+    # and each distribution's options, e.g. sampling.distribution.similarity.temperature
+    distribution: Any = field(default_factory=distribution_config)
     correction: bool = True  # local correction: margin on negative logits
     log_base: float = 10.0  # base of the margin's log (10 = published values; 2.718281828 = paper eq.)
-    refresh_steps: int = 200  # similarity proposal: steps between refreshes of the class-feature bank
-    temperature: float = 0.05  # similarity proposal: softmax temperature over cosine similarity
-    uniform_mix: float = 0.5  # similarity proposal: weight of the uniform part (keeps all classes reachable)
 
 
 @dataclass
@@ -75,18 +98,24 @@ class OptimConfig:
     # epoch_cosine: Dassl's (the release's) lr, fixed per epoch, cosine with T_max = epochs
     #   restarted after the warmup (never reaches 0); step_cosine: cosine per step to 0 after the warmup
     schedule: str = "epoch_cosine"
+    # micro-batches of batch_size per optimizer step, each with its own negatives, as `accumulate`
+    # processes would draw them: 1 process x accumulate A = A processes x 1 (docs/pretraining.md)
+    accumulate: int = 1
 
 
 @dataclass
 class TrainConfig:
     output_dir: str = "output/pomp"
-    seed: int = 1
+    seed: int = 1  # the release configs: 42, the release's
     device: str = "auto"  # auto | cpu | cuda
     # fp32 | bf16 (autocast) | fp16 (autocast + grad scaler: the release's "amp") |
     # fp16_weights (the release's default "fp16": CLIP and the prompt held in fp16, plain SGD; GPU only)
     precision: str = "fp32"
     log_every: int = 20  # steps between metric lines (jsonl, TensorBoard)
     save_every: int = 500  # steps between checkpoints (also saved at each epoch end and on interrupt)
+    # the prompt fit() returns: last (prompt.pth, the last step) | best (prompt_best.pth, the
+    # epoch of highest validation top-1, the release's model-best.pth.tar; needs validation)
+    final_prompt: str = "last"
     max_steps: Optional[int] = None  # stop early after this many steps (smoke runs)
     feature_cache: bool = False  # precompute frozen image features once (see docs/pretraining.md)
     cache_views: int = 8  # augmented views per image held in the feature cache
@@ -110,6 +139,9 @@ class PretrainConfig:
 
 
 def _set(cfg: Any, dotted: str, value: Any, source: str) -> None:
+    if dotted in RENAMED:
+        logger.warning("%s: '%s' is now '%s'; reading it as that key", source, dotted, RENAMED[dotted])
+        dotted = RENAMED[dotted]
     *parents, leaf = dotted.split(".")
     node = cfg
     for i, part in enumerate(parents + [leaf]):
@@ -124,6 +156,8 @@ def _set(cfg: Any, dotted: str, value: Any, source: str) -> None:
         node = getattr(node, part)
     current = getattr(node, leaf)
     if dataclasses.is_dataclass(current):
+        if isinstance(value, str) and hasattr(current, "name"):  # sampling.distribution=similarity
+            value = {"name": value}
         if not isinstance(value, dict):
             raise TypeError(f"{source}: '{dotted}' is a section; give its keys")
         for k, v in value.items():
@@ -183,4 +217,5 @@ def load_config(path: Optional[str] = None, overrides: Optional[List[str]] = Non
             raise ValueError(f"override '{item}' is not KEY=VALUE (e.g. sampling.k=256)")
         key, value = item.split("=", 1)
         _set(cfg, key.strip(), _parse_value(value.strip()), "command line")
+    proposal_entry(cfg.sampling.distribution.name)  # an unknown distribution fails here
     return cfg

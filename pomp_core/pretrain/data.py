@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from ..durable import atomic_write_text, kill_point
@@ -280,26 +280,6 @@ class ImageListDataset(Dataset):
             torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, i))
             views = torch.stack([self.transform(image) for _ in range(self.views)])
         return views, label, i
-
-
-class ResumableDistributedSampler(DistributedSampler):
-    """DistributedSampler (also with one replica) that can start mid-epoch on resume."""
-
-    def __init__(self, dataset: Dataset, **kwargs) -> None:
-        super().__init__(dataset, **kwargs)
-        self.start = 0
-
-    def set_start(self, start: int) -> None:
-        """Skip the first ``start`` samples of this rank's order for the current epoch."""
-        self.start = start
-
-    def __iter__(self):
-        indices = list(super().__iter__())[self.start:]
-        self.start = 0  # only the resumed epoch starts late
-        return iter(indices)
-
-    def __len__(self) -> int:
-        return self.num_samples - self.start
 
 
 def collate_skipping(batch: List[Optional[Tuple[torch.Tensor, int, int]]]) -> Dict[str, torch.Tensor]:

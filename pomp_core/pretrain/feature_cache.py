@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -32,7 +32,19 @@ from .data import ImageListDataset, collate_skipping, sample_seed
 logger = logging.getLogger(__name__)
 
 
-def build_feature_cache(trainer, images: ImageListDataset, folder: Path) -> Tuple[np.ndarray, np.ndarray]:
+class FeatureSource(Protocol):
+    """What builds a cache: the run's config, its rank, the frozen image tower (a Pretrainer)."""
+
+    cfg: Any
+    is_main: bool
+
+    def image_features(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def wait_for_rank0(self) -> None: ...
+
+
+def build_feature_cache(trainer: FeatureSource, images: ImageListDataset,
+                        folder: Path) -> Tuple[np.ndarray, np.ndarray]:
     """Features [n, cache_views, D] and a readable-image mask [n]; rank 0 computes, others wait."""
     cfg = trainer.cfg
     key = hashlib.sha1(json.dumps([cfg.model.name, cfg.model.pretrained, images.root.as_posix(), images.items,
@@ -69,7 +81,7 @@ def build_feature_cache(trainer, images: ImageListDataset, folder: Path) -> Tupl
         fsync_file(tmp)
         _publish(tmp, path, valid_path, valid)
         logger.info("feature cache: %s (%d images x %d views)", path, len(images), cfg.train.cache_views)
-    trainer._barrier()
+    trainer.wait_for_rank0()
     return np.load(path, mmap_mode="r"), np.load(valid_path)
 
 

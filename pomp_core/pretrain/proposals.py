@@ -1,7 +1,17 @@
-"""Proposal distributions for the negatives of local contrast."""
+"""Proposal distributions for the negatives of local contrast, by name.
+
+A distribution is a :class:`Proposal` registered under a name with
+``@register_proposal(name, options=OptionsDataclass)``; the config selects it with
+``sampling.distribution.name`` and sets its options under
+``sampling.distribution.<name>.<option>`` (the dataclass's fields, defaults included), so
+adding one is a class and a decorator here (or in a module imported before the config
+is loaded).
+"""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,17 +33,53 @@ class Proposal:
         pass
 
 
+@dataclass(frozen=True)
+class ProposalEntry:
+    cls: type
+    options: Optional[type]  # a dataclass of the distribution's options, or None
+
+
+PROPOSALS: Dict[str, ProposalEntry] = {}
+
+
+def register_proposal(name: str, options: Optional[type] = None) -> Callable[[type], type]:
+    """Class decorator: make ``cls(options, train_labels, num_classes)`` available as ``name``."""
+    def register(cls: type) -> type:
+        if name in PROPOSALS:
+            raise ValueError(f"proposal distribution '{name}' is already registered ({PROPOSALS[name].cls.__name__})")
+        if options is not None and not dataclasses.is_dataclass(options):
+            raise TypeError(f"options of proposal '{name}' must be a dataclass, got {options!r}")
+        PROPOSALS[name] = ProposalEntry(cls, options)
+        return cls
+    return register
+
+
+@register_proposal("uniform")
+class UniformProposal(Proposal):
+    def __init__(self, options: Any, train_labels: Sequence[int], num_classes: int) -> None:
+        pass
+
+
+@register_proposal("frequency")
 class FrequencyProposal(Proposal):
     """q_j ∝ training images of class j."""
 
-    def __init__(self, labels: Sequence[int], num_classes: int) -> None:
-        counts = torch.bincount(torch.as_tensor(list(labels)), minlength=num_classes).double()
+    def __init__(self, options: Any, train_labels: Sequence[int], num_classes: int) -> None:
+        counts = torch.bincount(torch.as_tensor(list(train_labels)), minlength=num_classes).double()
         self.q = counts / counts.sum()
 
     def distribution(self, labels: torch.Tensor) -> torch.Tensor:
         return self.q
 
 
+@dataclass
+class SimilarityOptions:
+    refresh_steps: int = 200  # steps between refreshes of the class-feature bank
+    temperature: float = 0.05  # softmax temperature over cosine similarity
+    uniform_mix: float = 0.5  # weight of the uniform part (keeps all classes reachable)
+
+
+@register_proposal("similarity", options=SimilarityOptions)
 class SimilarityProposal(Proposal):
     """Hard negatives: classes whose text features are close to the batch's classes.
 
@@ -44,13 +90,14 @@ class SimilarityProposal(Proposal):
     always exist and the margin ``-log(n_i q_j)`` stays finite.
     """
 
-    def __init__(self, num_classes: int, refresh_steps: int, temperature: float, uniform_mix: float) -> None:
+    def __init__(self, options: SimilarityOptions, train_labels: Sequence[int], num_classes: int) -> None:
         self.num_classes = num_classes
-        self.refresh_steps = refresh_steps
-        self.temperature = temperature
-        if not 0 < uniform_mix <= 1:
-            raise ValueError(f"sampling.uniform_mix must be in (0, 1], got {uniform_mix}")
-        self.uniform_mix = uniform_mix
+        self.refresh_steps = options.refresh_steps
+        self.temperature = options.temperature
+        if not 0 < options.uniform_mix <= 1:
+            raise ValueError(f"sampling.distribution.similarity.uniform_mix must be in (0, 1], "
+                             f"got {options.uniform_mix}")
+        self.uniform_mix = options.uniform_mix
         self.bank: Optional[torch.Tensor] = None
         self.bank_step = -1
 
@@ -75,12 +122,15 @@ class SimilarityProposal(Proposal):
             self.bank, self.bank_step = state["bank"], int(state["bank_step"])
 
 
-def build_proposal(kind: str, train_labels: Sequence[int], num_classes: int,
-                   refresh_steps: int = 200, temperature: float = 0.05, uniform_mix: float = 0.5) -> Proposal:
-    if kind == "uniform":
-        return Proposal()
-    if kind == "frequency":
-        return FrequencyProposal(train_labels, num_classes)
-    if kind == "similarity":
-        return SimilarityProposal(num_classes, refresh_steps, temperature, uniform_mix)
-    raise ValueError(f"unknown proposal '{kind}': use uniform, frequency or similarity")
+def proposal_entry(name: str) -> ProposalEntry:
+    if name not in PROPOSALS:
+        raise ValueError(f"unknown sampling.distribution.name '{name}': registered are "
+                         f"{', '.join(sorted(PROPOSALS))} (pomp_core.pretrain.proposals.register_proposal adds one)")
+    return PROPOSALS[name]
+
+
+def build_proposal(distribution: Any, train_labels: Sequence[int], num_classes: int) -> Proposal:
+    """The proposal ``distribution.name`` with its options ``distribution.<name>`` (a config section)."""
+    entry = proposal_entry(distribution.name)
+    options = getattr(distribution, distribution.name, None) if entry.options else None
+    return entry.cls(options, train_labels, num_classes)
