@@ -1,11 +1,9 @@
-"""Zero-shot classification: a classifier from class names (prompt or template), top-1 on images."""
+"""Zero-shot classification: a classifier from class names (prompt or template), image features, top-1."""
 from __future__ import annotations
 
-import json
 import logging
 import os
-from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple, Union
+from typing import Callable, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -13,9 +11,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from .embeddings import class_embeddings
+from .images import ImageListDataset, collate_skipping
 from .progress import Progress
 from .prompt import PromptLearner
-from .pretrain.data import ImageListDataset, collate_skipping
 from .text_encoder import PromptedTextEncoder
 
 logger = logging.getLogger(__name__)
@@ -23,31 +21,6 @@ logger = logging.getLogger(__name__)
 # a soft prompt, a template with "{}" for the name, or several templates whose class
 # features are averaged (CLIP's prompt ensemble)
 Classifier = Union[PromptLearner, str, Sequence[Union[str, Callable[[str], str]]]]
-
-
-def read_split_file(path: str | os.PathLike, split: str = "test") -> Tuple[List[Tuple[str, int]], List[str]]:
-    """Items of ``split`` and the class names of a CoOp-style split file
-    (``{"train": [...], "val": [...], "test": [[path, label, name], ...]}``).
-
-    Class names come from every split of the file, so a class without ``split`` items
-    still gets its classifier row (CoOp takes them from the training split).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"split file '{path}' does not exist")
-    data = json.loads(path.read_text())
-    rows = data.get(split)
-    if not rows:
-        raise ValueError(f"{path} has no '{split}' items (it has {sorted(k for k, v in data.items() if v)})")
-    names: Dict[int, str] = {}
-    for part in data.values():
-        for _, label, name in part or []:
-            if names.setdefault(int(label), name) != name:
-                raise ValueError(f"{path}: label {label} is named both '{names[int(label)]}' and '{name}'")
-    missing = sorted(set(range(max(names) + 1)) - set(names))
-    if missing:
-        raise ValueError(f"{path}: labels {missing[:10]} have no items, so their class names are unknown")
-    return [(p, int(y)) for p, y, _ in rows], [names[i] for i in range(len(names))]
 
 
 @torch.no_grad()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 from typing import List, Optional
 
-from pomp_core.cli import UserError, require_file
+from pomp_core.cli import require_file
+from pomp_core.errors import UserError
 
 EXPORT_HINT = "write it with tools/export_embeddings.py (docs/detection.md)"
 

@@ -1,9 +1,8 @@
-"""Write the synthetic world to disk in the formats the real pipelines read.
+"""The world's configuration, its scenes, and two of its renderings (detection's are in
+:mod:`pomp_world.detection`; :func:`pomp_world.write_world` writes any of them):
 
 * classification: ``pretrain/`` a folder per seen class + ``names.txt`` (ImageNet-21K layout),
   ``eval/`` images with CoOp-style split files (``split_world_unseen.json``, ``split_world_seen.json``);
-* detection: scenes with boxes and instance masks in LVIS json; unseen classes have
-  frequency ``r`` (rare = novel: pomp_det's ``*_norare`` split drops their annotations);
 * segmentation: scenes with PNG label maps in mmseg's ``img_dir/ann_dir`` layout.
 
 Everything is a function of the seed: the same call writes the same bytes.
@@ -11,15 +10,15 @@ Everything is a function of the seed: the same call writes the same bytes.
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
 
-from ..progress import Progress
+from pomp_core.progress import Progress
+
 from .render import render, sample_radius
 from .vocabulary import ObjectClass, all_classes, split_classes
 
@@ -112,58 +111,6 @@ def _scene(cfg: WorldConfig, cat_ids: Sequence[int], classes: List[ObjectClass],
     return img, [(o[0], m) for o, m in zip(objs, masks)]
 
 
-def _mask_polygons(mask: np.ndarray) -> List[List[float]]:
-    """COCO/LVIS polygons of a mask's outer contours (detectron2's LVIS loader reads
-    polygons only; like COCO polygons they cannot hold holes, so a ring's is filled)."""
-    import cv2  # only the detection rendering needs it
-
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
-
-
-def write_detection(cfg: WorldConfig, out: Path) -> Dict[str, str]:
-    classes, seen, unseen = world_classes(cfg)
-    rng = _rng(cfg, 4)
-    n_unseen = max(1, int(round(cfg.det_classes * cfg.unseen_fraction)))
-    vocab = sorted(_subset(unseen, n_unseen, rng) + _subset(seen, cfg.det_classes - n_unseen, rng))
-    novel = set(unseen)
-    det = out / "detection"
-    files = {}
-    for split, n_img, key in (("train", cfg.det_images[0], 5), ("val", cfg.det_images[1], 6)):
-        images, anns = [], []
-        counts = {c: [0, set()] for c in vocab}
-        for i in Progress(range(n_img), desc=f"detection {split}", leave=False):
-            img, objs = _scene(cfg, vocab, classes, _rng(cfg, key, i))
-            name = f"{split}/{i:05d}.png"
-            _save(img, det / "images" / name)
-            # LVIS v1 images carry coco_url; detectron2's LVIS loader takes <split>/<file> from it
-            images.append({"id": i + 1, "file_name": name, "coco_url": f"file://world/{name}",
-                           "height": cfg.scene_size, "width": cfg.scene_size,
-                           "neg_category_ids": [], "not_exhaustive_category_ids": []})
-            for c, m in objs:
-                polygons = _mask_polygons(m)
-                if m.sum() < 4 or not polygons:
-                    continue  # (nearly) fully occluded
-                ys, xs = np.nonzero(m)
-                x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": vocab.index(c) + 1,
-                             "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                             "area": float(m.sum()), "segmentation": polygons, "iscrowd": 0})
-                counts[c][0] += 1
-                counts[c][1].add(i)
-        cats = [{"id": k + 1, "name": classes[c].name.replace(" ", "_"), "synonyms": [classes[c].name],
-                 "frequency": "r" if c in novel else ("f" if len(counts[c][1]) > 10 else "c"),
-                 "image_count": len(counts[c][1]), "instance_count": counts[c][0]}
-                for k, c in enumerate(vocab)]
-        path = det / "annotations" / f"world_lvis_{split}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"info": {"description": "pomp synthetic world", "world": asdict(cfg)},
-                                    "licenses": [], "images": images, "annotations": anns, "categories": cats}))
-        files[f"det_{split}"] = str(path)
-    files["det_images"] = str(det / "images")
-    return files
-
-
 def _train_classes(vocab: Sequence[int], unseen: set, share: float) -> Tuple[List[int], Optional[np.ndarray]]:
     """Classes of the training scenes and their probabilities: the seen ones uniformly when
     ``share`` is 0, else all of them with ``share`` of the mass spread over the unseen ones."""
@@ -200,15 +147,3 @@ def write_segmentation(cfg: WorldConfig, out: Path) -> Dict[str, str]:
             "unseen": [vocab.index(c) for c in vocab if c in set(unseen)], "ignore_index": 255}
     (seg / "classes.json").write_text(json.dumps(meta, indent=1))
     return {"seg_root": str(seg), "seg_classes": str(seg / "classes.json")}
-
-
-def write_world(out: str | os.PathLike, cfg: WorldConfig = WorldConfig(), parts: Sequence[str] = ("classification", "detection", "segmentation")) -> Dict[str, str]:
-    """Write the requested renderings under ``out``; returns the main paths (also in world.json)."""
-    out = Path(out)
-    files: Dict[str, str] = {}
-    writers = {"classification": write_classification, "detection": write_detection,
-               "segmentation": write_segmentation}
-    for part in parts:
-        files.update(writers[part](cfg, out))
-    (out / "world.json").write_text(json.dumps({"config": asdict(cfg), "files": files}, indent=1))
-    return files

@@ -17,14 +17,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from ..clip_loader import load_clip
-from ..embeddings import class_embeddings, save_embeddings
-from ..prompt_io import load_prompt
-from ..pretrain.config import load_config
-from ..pretrain.trainer import Pretrainer
-from ..transfer.report import bar_plot, markdown_table, write_csv
-from ..zero_shot import image_features, read_split_file, text_classifier
-from .generate import WorldConfig, write_world
+from pomp_core.clip_loader import load_clip
+from pomp_core.embeddings import class_embeddings, save_embeddings
+from pomp_core.pretrain.config import load_config
+from pomp_core.pretrain.trainer import Pretrainer
+from pomp_core.prompt_io import load_prompt
+from pomp_core.transfer.datasets import read_split_file
+from pomp_core.transfer.report import bar_plot, markdown_table, write_csv
+from pomp_core.zero_shot import image_features, text_classifier
+
+from . import WorldConfig, write_world
 from .tiny_clip import MODEL_NAME, WEIGHTS
 
 logger = logging.getLogger(__name__)

@@ -17,17 +17,19 @@ import numpy as np
 import open_clip
 import torch
 
-from ..clip_loader import load_clip
-from ..pretrain.data import CLIP_MEAN, CLIP_STD
-from ..progress import Progress
-from ..text_encoder import PromptedTextEncoder
+from pomp_core.clip_loader import load_clip
+from pomp_core.durable import atomic_torch_save
+from pomp_core.images import CLIP_MEAN, CLIP_STD
+from pomp_core.progress import Progress
+from pomp_core.text_encoder import PromptedTextEncoder
+
 from .generate import WorldConfig, render_single
 from .vocabulary import ObjectClass, all_classes
 
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "pomp-world"
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "pomp_world_clip.pt"
+WEIGHTS = Path(__file__).resolve().parent / "weights" / "pomp_world_clip.pt"
 
 # Varied word orders: none puts the four words in the class-name order after "a photo of a",
 # as real captions rarely read like the hand-crafted template.
@@ -97,10 +99,6 @@ def train_tiny_clip(out: str | os.PathLike, steps: int = 1200, batch_size: int =
         if step % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{model.logit_scale.exp().item():.1f}")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().half() for k, v in model.state_dict().items()}
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, out)
+    atomic_torch_save({k: v.detach().half() for k, v in model.state_dict().items()}, out)
     logger.info("saved %s (%.1f MB)", out, out.stat().st_size / 2**20)
     return out

@@ -21,16 +21,17 @@ from torch.utils.data import DataLoader
 from ..clip_loader import load_clip
 from ..durable import atomic_write_text, kill_point
 from ..embeddings import class_embeddings
+from ..images import ImageListDataset, collate_skipping, eval_transform
 from ..progress import Progress
 from ..prompt import PromptLearner
 from ..prompt_io import save_prompt
-from ..text_encoder import PromptedTextEncoder, text_tower
+from ..text_encoder import PromptedTextEncoder
+from ..text_tower import text_tower
 from ..zero_shot import image_features, top1
 from .checkpoint import CHECKPOINT, FORMAT, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import PretrainConfig
 from .contrast import build_contrast_batch, local_contrast_logits, local_contrast_loss, sample_negatives
-from .data import (ImageListDataset, ResumableDistributedSampler, build_split_index, collate_skipping,
-                   eval_transform, read_class_names, train_transform)
+from .data import ResumableDistributedSampler, build_split_index, read_class_names, train_transform
 from .feature_cache import FeatureCacheDataset, build_feature_cache
 from .monitor import MetricsLog, plot_curves
 from .proposals import build_proposal

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..prompt import PromptLearner
 from ..prompt_io import load_prompt
+from ..text_tower import text_tower
 from ..zero_shot import Classifier, text_classifier, top1
 from .datasets import ClassificationSet
 from .feature_cache import FeatureCache
@@ -56,8 +57,6 @@ def parse_prompt(spec: str, trusted: bool = False) -> PromptSpec:
 
 
 def check_prompt_fits(prompt: PromptSpec, model: nn.Module) -> None:
-    from ..text_encoder import text_tower
-
     if isinstance(prompt.source, PromptLearner):
         width = text_tower(model).token_embedding.weight.shape[1]
         if prompt.source.width != width:

@@ -2,28 +2,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable, List, Tuple
 
 import torch
 from torch import nn
 
-from ..pretrain.data import IMAGE_EXTENSIONS
+from ..images import list_images
 from ..zero_shot import Classifier, encode_images, text_classifier
-
-
-def list_images(path: str | os.PathLike) -> Tuple[Path, List[str]]:
-    """An image file, or every image under a folder (recursively, sorted): (root, relative paths)."""
-    path = Path(path)
-    if path.is_file():
-        return path.parent, [path.name]
-    if not path.is_dir():
-        raise FileNotFoundError(f"'{path}' is neither an image file nor a folder")
-    files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise ValueError(f"folder '{path}' holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return path, files
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import pomp_core
 from pomp_core import PromptLearner
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VOCAB = ["cat", "hot_air_balloon", "tv", "fire hydrant", "a kind of tropical fish", "dog"]
 
 

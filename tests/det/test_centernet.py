@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from frameworks import require
+from tests.frameworks import require
 
 require("detectron2")
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
@@ -24,7 +24,7 @@ from pomp_det.centernet import build_optimizer  # noqa: E402
 from pomp_det.centernet.losses import heatmap_focal_loss, ltrb_iou_loss  # noqa: E402
 from pomp_det.detic_checkpoint import convert, detic_embeddings, load_detic_checkpoint, map_keys  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 C2 = ROOT / "configs" / "det" / "centernet2"
 FIXTURE = ROOT / "tests" / "fixtures" / "detic_c2_r50_lvis_keys.json"
 

@@ -3,7 +3,7 @@ import itertools
 
 import pytest
 
-from frameworks import require
+from tests.frameworks import require
 
 require("detectron2")
 from pomp_det.data.multi_dataset import GroupedByDataset, MultiDatasetSampler  # noqa: E402

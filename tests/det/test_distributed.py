@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from frameworks import require
+from tests.frameworks import require
 
 require("detectron2")
 from pomp_det.data.multi_dataset import MultiDatasetSampler  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ITERS = 4
 SEED = 3
 
@@ -37,15 +37,16 @@ def batch_types(world, n: int):
 
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
-    from pomp_core.world.generate import WorldConfig, write_world
-    from pomp_det.data.world import write_world_image_labels
+    from pomp_world import WorldConfig, write_world
+    from pomp_world.detection import write_image_labels
 
     root = tmp_path_factory.mktemp("world_ddp")
     write_world(root, WorldConfig(det_classes=8, det_images=(6, 2), scene_size=64), parts=("detection",))
-    write_world_image_labels(root, per_class=1, size=32)
+    write_image_labels(root, per_class=1, size=32)
     return root
 
 
+@pytest.mark.slow
 def test_two_process_image_label_training_with_cascade_heads(tiny_world, tmp_path):
     ranks = batch_types(tiny_world, ITERS)
     # the case that crashed: ranks on different batch types at the same iteration

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from frameworks import require
+from tests.frameworks import require
 
 require("detectron2")
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
@@ -19,8 +19,8 @@ from detectron2.modeling import build_model  # noqa: E402
 
 import pomp_det  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-CLIP = str(ROOT / "pomp_core/weights/pomp_world_clip.pt")
+ROOT = Path(__file__).resolve().parents[2]
+CLIP = str(ROOT / "pomp_world/weights/pomp_world_clip.pt")
 SMALL = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128"]
 
 

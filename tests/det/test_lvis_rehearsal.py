@@ -12,23 +12,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from frameworks import require
+from tests.frameworks import require
 
 require("detectron2")
 require("lvis")
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES  # noqa: E402
 from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
-CLIP = str(ROOT / "pomp_core/weights/pomp_world_clip.pt")
+CLIP = str(ROOT / "pomp_world/weights/pomp_world_clip.pt")
 SIZE = 64
 # LVIS ids drawn by the scenes: two rare, two common, two frequent
 PICK = {f: [c["id"] for c in LVIS_CATEGORIES if c["frequency"] == f][:2] for f in "rcf"}
 
 
 def _objects(rng, classes, cat_ids):
-    from pomp_core.world.render import render, sample_radius
+    from pomp_world.render import render, sample_radius
 
     objs = []
     for c in rng.choice(len(cat_ids), size=2, replace=False):
@@ -51,7 +51,7 @@ def _objects(rng, classes, cat_ids):
 
 def _write_split(root: Path, split: str, n: int, seed: int, cat_ids, categories, coco=False):
     from PIL import Image
-    from pomp_core.world.vocabulary import all_classes
+    from pomp_world.vocabulary import all_classes
 
     classes = all_classes()[::97][: len(cat_ids)]  # distinct shapes and colours
     rng = np.random.default_rng(seed)

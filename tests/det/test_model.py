@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from frameworks import require
+from tests.frameworks import require
 
 require("detectron2")
 from detectron2.modeling import build_model  # noqa: E402
@@ -16,7 +16,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 import pomp_det  # noqa: E402
 from pomp_det.vocabulary import check_dataset_vocabulary, model_num_classes, set_vocabulary  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "det"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "det"
 SMALL = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TRAIN", "(96,)",
          "INPUT.MAX_SIZE_TRAIN", "128", "INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "128",
          "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "32", "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "200",

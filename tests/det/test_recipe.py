@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from frameworks import require
+from tests.frameworks import require
 
 require("detectron2")
 from detectron2.layers import ShapeSpec  # noqa: E402
@@ -20,10 +20,11 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 import pomp_det  # noqa: E402
+from pomp_core.durable import atomic_write_json  # noqa: E402
 from pomp_det.data import category_counts as cc  # noqa: E402
 from pomp_det.fast_rcnn import PompFastRCNNOutputLayers, federated_classes  # noqa: E402
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "det"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "det"
 
 
 def test_federated_sample_count_counts_the_background_like_detic():
@@ -87,7 +88,7 @@ def test_atomic_json_writes_race_without_error_or_leftovers(tmp_path):
     def write(i):
         try:
             for _ in range(20):
-                cc.write_json_atomic({"writer": i, "pad": list(range(2000))}, dst)
+                atomic_write_json(dst, {"writer": i, "pad": list(range(2000))})
         except Exception as e:  # noqa: BLE001
             errors.append(e)
 

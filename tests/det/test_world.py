@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from frameworks import require
+from pomp_core.durable import atomic_write_json
+from tests.frameworks import require
 
 require("detectron2")
 require("lvis")
+pytestmark = pytest.mark.slow  # four detector trainings and a killed-and-resumed one
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))  # tools/train_net.py
 ITERS = 300
 CAT_INFO = "detection/annotations/world_lvis_train_cat_info.json"
@@ -43,7 +45,7 @@ def train_and_eval(world: Path, variant: str, out: Path) -> dict:
         "--world", str(world), "--config-file", str(ROOT / f"configs/det/world/world-base_{variant}.yaml"),
         "OUTPUT_DIR", str(out), "SEED", "1", "SOLVER.MAX_ITER", str(ITERS),
         "MODEL.POMP.CACHE_DIR", str(out / "cache"),
-        "MODEL.POMP.CLIP_PRETRAINED", str(ROOT / "pomp_core/weights/pomp_world_clip.pt"),
+        "MODEL.POMP.CLIP_PRETRAINED", str(ROOT / "pomp_world/weights/pomp_world_clip.pt"),
         # read by the configs whose FED_LOSS_WEIGHTS is cat_info (the CenterNet2 ones)
         "MODEL.POMP.CAT_FREQ_PATH", str(world / CAT_INFO)])
     train_net.main(args)
@@ -53,13 +55,13 @@ def train_and_eval(world: Path, variant: str, out: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
-    from pomp_core.world.generate import WorldConfig, write_world
+    from pomp_world import WorldConfig, write_world
 
     root = tmp_path_factory.mktemp("det_world")
     write_world(root, WorldConfig(det_classes=40, det_images=(200, 80)), parts=("detection",))
     # the category-info file of the full training json (novel classes included), as Detic's
-    from pomp_det.data.category_counts import make_cat_info, write_json_atomic
-    write_json_atomic(make_cat_info(root / "detection/annotations/world_lvis_train.json"), root / CAT_INFO)
+    from pomp_det.data.category_counts import make_cat_info
+    atomic_write_json(root / CAT_INFO, make_cat_info(root / "detection/annotations/world_lvis_train.json"))
     return root
 
 
@@ -117,7 +119,7 @@ def test_killed_run_requeued_with_resume_continues_and_keeps_every_checkpoint(wo
     argv = ["--resume", "--world", str(world), "--config-file", str(ROOT / "configs/det/world/world-base_pomp.yaml"),
             "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()",
             "MODEL.POMP.CACHE_DIR", str(tmp_path / "cache"),
-            "MODEL.POMP.CLIP_PRETRAINED", str(ROOT / "pomp_core/weights/pomp_world_clip.pt")]
+            "MODEL.POMP.CLIP_PRETRAINED", str(ROOT / "pomp_world/weights/pomp_world_clip.pt")]
     env = {**os.environ, KILL_ENV: "checkpoint_tmp:model_0000005", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, str(ROOT / "tools/train_net.py"), *argv], env=env,
                           capture_output=True, text=True, timeout=600)

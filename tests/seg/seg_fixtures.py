@@ -5,7 +5,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SEG_CONFIGS = ROOT / "configs" / "seg"
 
 # The real configs' model, made small for CPU: a tiny ResNetV1c and MaskFormer head, the

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from frameworks import require
+from tests.frameworks import require
 
 require("mmseg.models")
 from mmengine.config import Config  # noqa: E402
@@ -21,7 +21,7 @@ from mmseg.registry import DATASETS, MODELS  # noqa: E402
 from mmseg.structures import SegDataSample  # noqa: E402
 
 import pomp_seg  # noqa: E402,F401
-from seg_fixtures import ROOT, SEG_CONFIGS, make_coco_stuff, make_voc, override_config  # noqa: E402
+from tests.seg.seg_fixtures import ROOT, SEG_CONFIGS, make_coco_stuff, make_voc, override_config  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tools"))
 import train_seg  # noqa: E402

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from frameworks import require
+from tests.frameworks import require
 
 require("mmseg.models")
 from mmengine.registry import init_default_scope  # noqa: E402
@@ -153,7 +153,7 @@ def test_published_splits():
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    from pomp_core.world.generate import WorldConfig, write_world
+    from pomp_world import WorldConfig, write_world
 
     out = tmp_path_factory.mktemp("segworld")
     return write_world(out, WorldConfig(seg_classes=8, seg_images=(4, 4)), parts=("segmentation",))
@@ -224,7 +224,7 @@ def test_vocabulary_mismatch_is_a_clear_error(world):
 
 
 def test_world_training_scene_classes_give_unseen_objects_their_share():
-    from pomp_core.world.generate import _train_classes
+    from pomp_world.generate import _train_classes
 
     vocab, unseen = [3, 8, 11, 20, 41, 57, 60], {8, 41, 60}
     ids, probs = _train_classes(vocab, unseen, 0.0)
@@ -240,7 +240,7 @@ def test_world_training_scene_classes_give_unseen_objects_their_share():
 
 
 def test_world_real_training_condition_keeps_unseen_objects_labelled_ignore(tmp_path):
-    from pomp_core.world.generate import WorldConfig, write_world
+    from pomp_world import WorldConfig, write_world
 
     cfg = WorldConfig(seg_classes=8, seg_images=(6, 1), seg_train_unseen=0.5)
     root = write_world(tmp_path, cfg, parts=("segmentation",))["seg_root"]

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from frameworks import require
+from tests.frameworks import require
 
 require("mmseg.models")
 from mmengine.config import Config  # noqa: E402
@@ -22,7 +22,7 @@ from mmseg.registry import DATASETS, MODELS  # noqa: E402
 import pomp_seg  # noqa: E402
 from pomp_seg.clip import CLIP_MEAN, CLIP_STD  # noqa: E402
 from pomp_seg.crop_classifier import CLIPCropClassifier, random_resized_masked_crop  # noqa: E402
-from seg_fixtures import ROOT, SEG_CONFIGS, TINY_MODEL, make_coco_stuff, make_voc, override_config  # noqa: E402
+from tests.seg.seg_fixtures import ROOT, SEG_CONFIGS, TINY_MODEL, make_coco_stuff, make_voc, override_config  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tools"))
 import test_seg  # noqa: E402

@@ -10,15 +10,15 @@ import pytest
 import torch
 from PIL import Image
 
-from frameworks import require
+from tests.frameworks import require
 
 require("mmseg.models")
 from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
-from pomp_core.world.generate import WorldConfig, write_world  # noqa: E402
-from seg_fixtures import ROOT, SEG_CONFIGS, TINY_MODEL, override_config  # noqa: E402
+from pomp_world import WorldConfig, write_world  # noqa: E402
+from tests.seg.seg_fixtures import ROOT, SEG_CONFIGS, TINY_MODEL, override_config  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tools"))
 import demo_seg  # noqa: E402
@@ -81,7 +81,7 @@ def test_demo_draws_each_image_with_the_given_vocabulary(voc_tiny, tmp_path, cap
 def test_train_with_the_pytorch_launcher_on_two_cpu_processes(tmp_path):
     world = write_world(tmp_path / "world", WorldConfig(seg_classes=8, seg_images=(4, 2)), parts=("segmentation",))
     cfg = override_config(tmp_path / "ddp.py", SEG_CONFIGS / "zsseg-r18tiny_world.py", {
-        "model.text_encoder.clip_pretrained": str(ROOT / "pomp_core/weights/pomp_world_clip.pt"),
+        "model.text_encoder.clip_pretrained": str(ROOT / "pomp_world/weights/pomp_world_clip.pt"),
         "model.text_encoder.prompt": None, "model.text_encoder.init_words": "a photo of a",
         "model.decode_head.num_classes": 6, "model.decode_head.loss_cls.class_weight": [1.0] * 6 + [0.1],
         "train_dataloader.batch_size": 1,

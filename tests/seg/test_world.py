@@ -11,21 +11,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from frameworks import require
+from tests.frameworks import require
 
 require("mmseg.models")
+pytestmark = pytest.mark.slow  # segmentor trainings on the world
 from mmengine.logging import MMLogger  # noqa: E402
 
-from pomp_core.world.generate import WorldConfig, write_world  # noqa: E402
+from pomp_world import WorldConfig, write_world  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 import test_seg  # noqa: E402
 import train_seg  # noqa: E402
 
 PROMPT_CFG = str(ROOT / "configs/seg/zsseg-prompt_world.py")
 SEG_CFG = str(ROOT / "configs/seg/zsseg-r18tiny_world.py")
-WEIGHTS = str(ROOT / "pomp_core/weights/pomp_world_clip.pt")
+WEIGHTS = str(ROOT / "pomp_world/weights/pomp_world_clip.pt")
 ITERS = 600  # the config's stage (b) length (batch 4)
 REAL_SHARE = 0.08  # unseen objects' share of training objects in the real condition (docs/segmentation.md)
 REAL_VAL = 200  # validation scenes of the real condition: 40 (~7 objects per unseen class) left the gap to noise

@@ -10,7 +10,7 @@ import pytest
 
 from pomp_core.cli import EXIT_USER_ERROR, run_tool
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOOLS = sorted(p.name for p in (ROOT / "tools").glob("*.py"))
 MISSING = "no/such/file"
 
@@ -34,7 +34,7 @@ BAD_ARGUMENTS = {
     "train_net.py": (["--config-file", "configs/det/world/world-base_pomp.yaml", "--world", "{tmp}/none"],
                      "make_world"),
     "train_seg.py": (["configs/seg/zsseg-r18tiny_world.py", "--data-root", "{tmp}/none"], "none"),
-    "train_tiny_clip.py": (["--out", "pomp_core/weights/pomp_world_clip.pt"], "--replace-shipped"),
+    "train_tiny_clip.py": (["--out", "pomp_world/weights/pomp_world_clip.pt"], "--replace-shipped"),
 }
 
 

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from frameworks import require
 from pomp_core.pretrain import data as pdata
-from pomp_core.world.generate import WorldConfig, _rng, _scene, world_classes, write_world
-from pomp_core.world.vocabulary import all_classes, split_classes
-from pomp_core.zero_shot import read_split_file
+from pomp_core.transfer.datasets import read_split_file
+from pomp_world import WorldConfig, write_world
+from pomp_world.generate import _rng, _scene, world_classes
+from pomp_world.vocabulary import all_classes, split_classes
+from tests.frameworks import require
 
 SMALL = WorldConfig(seed=3, pretrain_per_class=1, eval_per_class=2, eval_classes=20,
                     det_classes=12, det_images=(6, 3), seg_classes=8, seg_images=(6, 3))
@@ -129,17 +130,18 @@ def test_segmentation_layout_loads_with_mmseg(small_world):
     assert sample["gt_seg_map"].shape == (128, 128) and sample["img"].shape == (128, 128, 3)
 
 
+@pytest.mark.slow
 def test_main_job_pomp_beats_the_hand_prompt_on_unseen_classes(tmp_path):
     """The main job as the README runs it (the shipped tiny CLIP, the shipped config, the
     default world): prompts pre-trained on seen classes beat "a photo of a {}." on held-out
     images of all 480 unseen classes by a clear margin, and the table, plot, curves and
     embeddings are written. Unseen margins seen (POMP - hand): +3.1 and +2.6 points for
     pre-training seeds 1 and 2, paired standard error ~0.65 (docs/world.md)."""
-    from pomp_core.world.main_job import run
-    from pomp_core.world.tiny_clip import WEIGHTS
+    from pomp_world.main_job import run
+    from pomp_world.tiny_clip import WEIGHTS
 
     assert WEIGHTS.is_file(), "the shipped tiny CLIP weights are missing"
-    out = run(tmp_path, str(Path(__file__).resolve().parents[1] / "configs/pomp/world_tiny.yaml"))
+    out = run(tmp_path, str(Path(__file__).resolve().parents[2] / "configs/pomp/world_tiny.yaml"))
     top1, margin = out["top1"], out["margin"]
     assert len(top1) == 3 and all(set(v) == {"unseen", "seen"} for v in top1.values())
     mean, se = margin["POMP"]["unseen"]

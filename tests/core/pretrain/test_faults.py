@@ -136,7 +136,7 @@ def test_runs_sharing_a_feature_cache_folder_do_not_clash(world, tmp_path):
     root, names = world
     trainer = Pretrainer(load_config(None, overrides(root, names, tmp_path / "run", **ARGS)))
     trainer.setup()  # builds and publishes the cache in <run>/feature_cache
-    from pomp_core.pretrain.data import ImageListDataset, eval_transform
+    from pomp_core.images import ImageListDataset, eval_transform
 
     images = ImageListDataset(trainer.index.root, trainer.index.train, eval_transform(32), views=1, seed=1)
     folder, real, inner = tmp_path / "shared", trainer.image_features, []

@@ -12,11 +12,13 @@ import torch
 from PIL import Image
 
 import pomp_core
+from pomp_core import images
 from pomp_core.pretrain import data as pdata
 from pomp_core.pretrain.config import load_config
 from pomp_core.pretrain.trainer import Pretrainer, lr_at
+from pomp_core.text_tower import text_tower
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 NAMES = ["red square", "green circle", "blue triangle", "yellow star", "purple ring", "orange cross"]
 
 
@@ -144,8 +146,8 @@ def test_corrupt_images_are_skipped_and_counted(world, tmp_path):
     root, names = world
     (root / "n00000001" / "0.png").write_bytes(b"\x89PNG broken")
     index = pdata.build_split_index(root, shots=100, cache_dir=tmp_path)
-    ds = pdata.ImageListDataset(root, index.train, pdata.eval_transform(32), views=2)
-    batch = pdata.collate_skipping([ds[i] for i in range(len(ds))])
+    ds = images.ImageListDataset(root, index.train, images.eval_transform(32), views=2)
+    batch = images.collate_skipping([ds[i] for i in range(len(ds))])
     assert int(batch["skipped"]) == 1 and batch["images"].shape == (35, 2, 3, 32, 32)
     # more unreadable images than tolerated: a clear error, the checkpoint kept
     for f in (root / "n00000002").iterdir():
@@ -159,7 +161,7 @@ def test_corrupt_images_are_skipped_and_counted(world, tmp_path):
 def test_augmentation_is_seeded_per_sample(world, tmp_path):
     root, _ = world
     index = pdata.build_split_index(root, cache_dir=tmp_path)
-    ds = pdata.ImageListDataset(root, index.train, pdata.train_transform(32), views=2, seed=3)
+    ds = images.ImageListDataset(root, index.train, pdata.train_transform(32), views=2, seed=3)
     a, b = ds[5][0], ds[5][0]
     assert torch.equal(a, b) and not torch.equal(a[0], a[1])
     ds.set_epoch(1)
@@ -173,8 +175,8 @@ def test_short_run_learns_and_writes_its_outputs(world, tmp_path):
     out = tmp_path / "run"
     trainer = Pretrainer(load_config(None, overrides(root, names, out, **{"optim.epochs": 10})))
     trainer.setup()
-    ds = pdata.ImageListDataset(root, trainer.index.train, pdata.eval_transform(32))
-    batch = pdata.collate_skipping([ds[i] for i in range(len(ds))])
+    ds = images.ImageListDataset(root, trainer.index.train, images.eval_transform(32))
+    batch = images.collate_skipping([ds[i] for i in range(len(ds))])
 
     def full_loss() -> float:
         with torch.no_grad():
@@ -280,7 +282,7 @@ def test_validation_tensorboard_bf16_and_checkpointing(world, tmp_path):
 
 def test_gradient_checkpointing_gives_the_same_gradient(tiny_clip):
     model, tokenizer, _ = tiny_clip
-    tower = pomp_core.text_tower(model).transformer
+    tower = text_tower(model).transformer
     grads = []
     for ckpt in (False, True):
         tower.grad_checkpointing = ckpt

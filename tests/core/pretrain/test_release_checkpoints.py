@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 import pomp_core
-from frameworks import require
+from tests.frameworks import require
 from pomp_core import PromptLearner
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 class WarmupScheduler(torch.optim.lr_scheduler.LRScheduler):

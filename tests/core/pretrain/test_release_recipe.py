@@ -11,7 +11,7 @@ from pomp_core.pretrain import augment, data as pdata
 from pomp_core.pretrain.config import load_config
 from pomp_core.pretrain.trainer import Pretrainer, lr_at
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 RELEASE_CONFIGS = ["vit_b16_ctx4_k1000_5ep.yaml", "vit_b16_ctx16_k1000_20ep.yaml", "vit_b32_ctx4_k1000_5ep.yaml"]
 
 # Dassl's randaugment_list2 as (name, min, max); Rotate/Shear/Translate flip their sign at p=1/2

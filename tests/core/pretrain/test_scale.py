@@ -15,7 +15,7 @@ from pomp_core.pretrain import data as pdata
 from pomp_core.pretrain.config import load_config
 from pomp_core.pretrain.trainer import Pretrainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def jpeg_blobs(n: int, size: int = 12):

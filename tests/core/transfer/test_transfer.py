@@ -11,16 +11,16 @@ import torch
 import torch.nn.functional as F
 
 import pomp_core
-from pomp_core.pretrain.data import eval_transform
+from pomp_core.images import eval_transform
 from pomp_core.transfer import FeatureCache, ModelIdentity, evaluate, load_split_json, parse_prompt
 from pomp_core.transfer import feature_cache as fc
 from pomp_core.transfer.feature_cache import weights_identity
 from pomp_core.transfer.report import markdown_table, with_averages
-from pomp_core.world.generate import WorldConfig, write_world
-from pomp_core.world.tiny_clip import MODEL_NAME, WEIGHTS
+from pomp_world import WorldConfig, write_world
+from pomp_world.tiny_clip import MODEL_NAME, WEIGHTS
 from pomp_core.zero_shot import text_classifier, top1
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 WORLD = WorldConfig(seed=5, pretrain_per_class=0, eval_per_class=3, eval_classes=24)
 
 
@@ -228,6 +228,7 @@ def test_classify_tool_agrees_with_the_benchmark_top1(world, world_clip, tmp_pat
                                "--vocabulary", "cat,dog,cat", "--image", str(data.image_root)])
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_features_and_table_of_one(world, tmp_path):
     """torchrun, gloo: each rank encodes half the images, rank 0 gathers and writes."""
     args = ["--model", MODEL_NAME, "--pretrained", str(WEIGHTS), "--datasets", world[0], "--prompt", "hand",
