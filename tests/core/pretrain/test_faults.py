@@ -18,7 +18,7 @@ from pomp_core.pretrain.checkpoint import CHECKPOINT, PREVIOUS, load_checkpoint,
 from pomp_core.pretrain.config import load_config
 from pomp_core.pretrain.feature_cache import build_feature_cache
 from pomp_core.pretrain.trainer import Pretrainer
-from test_pretrain import REPO, make_class_folders, overrides, run_tool
+from tests.core.pretrain.test_pretrain import REPO, make_class_folders, overrides, run_tool
 
 # 24 training images, batch 4: 6 steps per epoch, 18 in all; checkpoints every 2 steps and at
 # epoch ends, metrics every 3, validation at steps 6, 12 and 18
@@ -67,6 +67,7 @@ def reference(world, tmp_path_factory):
     return out, pomp_core.load_prompt(run_tool(run_args(root, names, out)))
 
 
+@pytest.mark.slow
 def test_killed_at_every_moment_and_requeued_gives_the_uninterrupted_run(world, reference, tmp_path):
     root, names = world
     ref_out, ref_prompt = reference

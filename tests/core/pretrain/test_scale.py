@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -38,6 +39,7 @@ def imagenet21k_folders(root: Path, wnids, per_class: int = 1) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_winter21_rehearsal_with_duplicates_validation_and_similarity(tmp_path):
     wnids = pdata.timm_info_file("imagenet21k_miil_w21_synsets.txt").read_text().split()
     assert len(wnids) == 10450 and wnids == sorted(wnids)
@@ -103,6 +105,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_slow_rank0_waits_past_a_short_process_group_timeout(tmp_path):
     """2 gloo processes, dist_timeout_s=2: rank 0 sleeps 5 s scanning the folders and validating;
     the other rank waits in the rank-0 group instead of timing out. A step slowed the same way
