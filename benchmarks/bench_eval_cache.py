@@ -66,7 +66,7 @@ def main() -> None:
         cached = time.perf_counter() - start
 
     print(f"model {args.model} ({'random weights' if not args.pretrained else Path(args.pretrained).name}), "
-          f"{n} images, {len(data.classnames)} classes, P={len(prompts)} prompts, {torch.get_num_threads()} threads")
+          f"{n} images, {len(data.class_names)} classes, P={len(prompts)} prompts, {torch.get_num_threads()} threads")
     print("| | wall time (s) | images/s (P x images / time) |")
     print("|---|---|---|")
     print(f"| no cache (image tower per prompt) | {plain:.1f} | {len(prompts) * n / plain:.0f} |")

@@ -1,55 +1,20 @@
-"""Zero-shot classification: a classifier from class names (prompt or template), image features, top-1."""
+"""Zero-shot classification on images: unit image features and top-1 against class embeddings
+(:func:`pomp_core.embeddings.class_embeddings`)."""
 from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, List, Sequence, Tuple, Union
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .embeddings import class_embeddings
 from .images import ImageListDataset, collate_skipping
 from .progress import Progress
-from .prompt import PromptLearner
-from .text_encoder import PromptedTextEncoder
 
 logger = logging.getLogger(__name__)
-
-# a soft prompt, a template with "{}" for the name, or several templates whose class
-# features are averaged (CLIP's prompt ensemble)
-Classifier = Union[PromptLearner, str, Sequence[Union[str, Callable[[str], str]]]]
-
-
-@torch.no_grad()
-def text_classifier(model: nn.Module, tokenizer: Callable, classifier: Classifier, names: List[str]) -> torch.Tensor:
-    """Unit-norm class weights [C, D] from a soft prompt, a template or a template ensemble.
-
-    Benchmark class lists may repeat a name (open_clip's ImageNet names hold 'missile'
-    and 'sunglasses' twice): each distinct name is encoded once and repeated names share
-    a row, so the first of two identical rows wins every tie, as in CLIP's own protocol.
-    """
-    unique = list(dict.fromkeys(names))
-    if isinstance(classifier, PromptLearner):
-        weights = class_embeddings(model, tokenizer, classifier, unique)
-    else:
-        # the template ensemble of open_clip's build_zero_shot_classifier (mean of unit
-        # features, renormalised), through the encoder that cuts batches after the EOT
-        templates = [classifier] if isinstance(classifier, str) else list(classifier)
-        encoder = PromptedTextEncoder(model, tokenizer)
-        weights = 0
-        for template in Progress(templates, desc="templates", unit="template", disable=len(templates) < 8):
-            texts = [template.format(n) if isinstance(template, str) else template(n)
-                     for n in (n.replace("_", " ") for n in unique)]
-            weights = weights + torch.cat([F.normalize(encoder.encode_ids(tokenizer(texts[i:i + 512])).float(), dim=-1)
-                                           for i in range(0, len(texts), 512)])
-        weights = F.normalize(weights, dim=-1)
-    if len(unique) == len(names):
-        return weights
-    row = {n: i for i, n in enumerate(unique)}
-    return weights[torch.tensor([row[n] for n in names], device=weights.device)]
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ def _file_digest(path: str) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest() if os.path.isfile(path) else path
 
 
-def encode_vocabulary(names: Sequence[str], clip_model: str, clip_pretrained: str,
+def cached_class_embeddings(names: Sequence[str], clip_model: str, clip_pretrained: str,
                       prompt: str = "", prompt_words: str = "",
                       cache_dir: Optional[str] = "~/.cache/pomp/embeddings",
                       prompt_trusted: bool = False) -> torch.Tensor:
@@ -117,5 +117,5 @@ def embeddings_from_config(cfg, names: Optional[Sequence[str]] = None) -> torch.
     if names is None:
         train = cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else None
         names = vocabulary_names(p.VOCABULARY, train)
-    return encode_vocabulary(names, p.CLIP_MODEL, p.CLIP_PRETRAINED, p.PROMPT, p.PROMPT_WORDS,
+    return cached_class_embeddings(names, p.CLIP_MODEL, p.CLIP_PRETRAINED, p.PROMPT, p.PROMPT_WORDS,
                              p.CACHE_DIR, p.PROMPT_TRUSTED)

@@ -25,7 +25,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_config(args: argparse.Namespace) -> Config:
+def config_from_args(args: argparse.Namespace) -> Config:
     if not osp.isfile(args.config):
         raise FileNotFoundError(f"config '{args.config}' does not exist (see configs/seg/)")
     cfg = Config.fromfile(args.config)
@@ -101,7 +101,7 @@ def check_data_roots(cfg: Config) -> None:
                 "the synthetic world's: tools/make_world.py --parts segmentation)")
 
 
-def check_vocabulary(cfg: Config, loader_key: str) -> None:
+def check_config_vocabulary(cfg: Config, loader_key: str) -> None:
     """A text encoder whose vocabulary differs from the evaluated dataset's classes would
     score the wrong class for every label: fail before running."""
     from mmseg.registry import DATASETS

@@ -7,11 +7,12 @@ from typing import Callable, Optional, Tuple
 from torch import nn
 
 import pomp_core
-from pomp_core import PromptLearner
+from pomp_core import PromptLearner, images
 
-# CLIP's pixel statistics on the 0-255 scale, for mmseg's SegDataPreProcessor (RGB order).
-CLIP_MEAN = [122.770938, 116.7460125, 104.09373615]
-CLIP_STD = [68.5005327, 66.6321579, 70.32316305]
+# CLIP's pixel statistics (pomp_core.images) on the 0-255 scale of mmseg's
+# SegDataPreProcessor (RGB order).
+CLIP_MEAN = [255 * m for m in images.CLIP_MEAN]
+CLIP_STD = [255 * s for s in images.CLIP_STD]
 
 
 def build_clip(name: str, pretrained: Optional[str] = None) -> Tuple[nn.Module, Callable]:

@@ -20,7 +20,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import get_classes, get_predefined_templates
 from torch import nn
 
-from pomp_core import PromptedTextEncoder, load_vocabulary
+from pomp_core import PromptedTextEncoder, class_embeddings, load_vocabulary
 
 from .clip import build_clip, build_prompt
 from .datasets import resolve_split
@@ -72,7 +72,7 @@ class POMPTextEncoder(BaseModule):
             prompt and init_words.
         cache_feature: cache the features of the frozen prompt per class name.
         cat_bg: append a learned background embedding in ``forward()`` (SAN's extra class;
-            mmseg's default True). ``encode()`` never adds it.
+            mmseg's default True). ``class_embeddings()`` never adds it.
         total_vocab_size, context_length, embed_dims, num_layers, num_heads, mlp_ratio,
         output_dims: ``CLIPTextEncoder``'s sizes; None skips a check, a value must match
             the loaded CLIP. ``norm_cfg`` is accepted and unused (CLIP's own LayerNorm).
@@ -159,13 +159,10 @@ class POMPTextEncoder(BaseModule):
     def _features(self, names: List[str]) -> torch.Tensor:
         if self.prompt is not None:
             return F.normalize(self.encoder(self.prompt, names).float(), dim=-1)
-        device = self.logit_scale.device
-        per_template = [F.normalize(self.clip.encode_text(self.tokenizer([t.format(n) for n in names]).to(device)).float(), dim=-1)
-                        for t in self.templates]
-        return F.normalize(torch.stack(per_template).mean(0), dim=-1)
+        return class_embeddings(self.clip, self.tokenizer, self.templates, names, allow_duplicates=True)
 
     @torch.no_grad()
-    def encode(self, names: Sequence[str]) -> torch.Tensor:
+    def class_embeddings(self, names: Sequence[str]) -> torch.Tensor:
         """Unit-norm features [len(names), D] of the frozen prompt (or templates) with ``names``."""
         device = self.logit_scale.device
         if not self.cache_feature:
@@ -176,7 +173,7 @@ class POMPTextEncoder(BaseModule):
         return torch.stack([self._cache[n] for n in names]).to(device)
 
     def forward(self) -> torch.Tensor:
-        embeds = self.encode(self.class_names)
+        embeds = self.class_embeddings(self.class_names)
         if self.bg_embed is not None:
             embeds = F.normalize(torch.cat([embeds, self.bg_embed]), dim=-1)
         return self.logit_scale.exp() * embeds

@@ -24,7 +24,7 @@ from pomp_core.pretrain.trainer import Pretrainer
 from pomp_core.prompt_io import load_prompt
 from pomp_core.transfer.datasets import read_split_file
 from pomp_core.transfer.report import bar_plot, markdown_table, write_csv
-from pomp_core.zero_shot import image_features, text_classifier
+from pomp_core.zero_shot import image_features
 
 from . import WorldConfig, write_world
 from .tiny_clip import MODEL_NAME, WEIGHTS
@@ -49,7 +49,7 @@ def evaluate(model: torch.nn.Module, tokenizer: Callable, preprocess: Callable, 
     (the image tower runs once)."""
     items, names = read_split_file(split_file)
     feats, labels = image_features(model, Path(split_file).parent, items, preprocess)
-    return {key: (feats @ text_classifier(model, tokenizer, clf, names).t()).argmax(1) == labels
+    return {key: (feats @ class_embeddings(model, tokenizer, clf, names, allow_duplicates=True).t()).argmax(1) == labels
             for key, clf in classifiers.items()}
 
 

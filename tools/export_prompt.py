@@ -20,7 +20,7 @@ import torch
 import pomp_core
 from pomp_core.cli import run_tool
 from pomp_core.log import setup_logging
-from pomp_core.prompt_io import read_extra
+from pomp_core.prompt_io import read_extra, save_release_prompt
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -42,7 +42,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     if epoch is None:
         raise ValueError(f"{args.prompt} records no epoch: pass --epoch N")
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
-    path = pomp_core.save_release_prompt(prompt, args.out, epoch, dtype=dtype, best=args.best)
+    path = save_release_prompt(prompt, args.out, epoch, dtype=dtype, best=args.best)
     logging.info("wrote %s (epoch %d, %s ctx %s)", path, epoch, args.dtype, tuple(prompt.ctx.shape))
     return path
 

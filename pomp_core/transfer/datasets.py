@@ -25,12 +25,12 @@ Items = List[Tuple[str, int]]
 
 @dataclass
 class ClassificationSet:
-    """One evaluation split: images under ``image_root``, labels index ``classnames``."""
+    """One evaluation split: images under ``image_root``, labels index ``class_names``."""
 
     name: str
     image_root: Path
     items: Items
-    classnames: List[str]
+    class_names: List[str]
     split: str = "test"
     template: str = "a photo of a {}."  # CLIP's hand-crafted prompt for this dataset
     title: str = ""

@@ -7,8 +7,9 @@ from typing import Callable, List, Tuple
 import torch
 from torch import nn
 
+from ..embeddings import Classifier, class_embeddings
 from ..images import list_images
-from ..zero_shot import Classifier, encode_images, text_classifier
+from ..zero_shot import encode_images
 
 
 @torch.no_grad()
@@ -20,7 +21,7 @@ def classify(model: nn.Module, tokenizer: Callable, transform: Callable, path: s
     Probabilities are a softmax over the whole vocabulary of the model's scaled cosine
     similarities (CLIP's logit scale)."""
     root, files = list_images(path)
-    weights = text_classifier(model, tokenizer, classifier, names).cpu()
+    weights = class_embeddings(model, tokenizer, classifier, names, allow_duplicates=True).cpu()
     feats, index = encode_images(model, root, [(f, 0) for f in files], transform, batch_size)
     probs = (model.logit_scale.exp().float().cpu() * feats @ weights.t()).softmax(dim=-1)
     top = probs.topk(min(topk, len(names)), dim=-1)

@@ -2,15 +2,15 @@ import pytest
 import torch
 
 import pomp_core
-from pomp_core.clip_loader import is_torchscript_archive
+from pomp_core.clip_loader import is_torchscript_archive, resolve_model_name
 
 
 def test_openai_weights_get_quickgelu():
-    assert pomp_core.resolve_model_name("ViT-B-16", "openai") == "ViT-B-16-quickgelu"
-    assert pomp_core.resolve_model_name("RN50", "openai") == "RN50-quickgelu"
-    assert pomp_core.resolve_model_name("ViT-B-16-quickgelu", "openai") == "ViT-B-16-quickgelu"
+    assert resolve_model_name("ViT-B-16", "openai") == "ViT-B-16-quickgelu"
+    assert resolve_model_name("RN50", "openai") == "RN50-quickgelu"
+    assert resolve_model_name("ViT-B-16-quickgelu", "openai") == "ViT-B-16-quickgelu"
     # LAION weights were trained with GELU: keep the plain architecture
-    assert pomp_core.resolve_model_name("ViT-B-16", "laion2b_s34b_b88k") == "ViT-B-16"
+    assert resolve_model_name("ViT-B-16", "laion2b_s34b_b88k") == "ViT-B-16"
 
 
 def test_unknown_model_name_suggests_close_matches():

@@ -15,7 +15,7 @@ from detectron2.structures import Boxes, Instances  # noqa: E402
 
 import pomp_core  # noqa: E402
 from pomp_det.data.lvis_norare import make_norare_json  # noqa: E402
-from pomp_det.embeddings import encode_vocabulary, load_embedding_file  # noqa: E402
+from pomp_det.embeddings import cached_class_embeddings, load_embedding_file  # noqa: E402
 from pomp_det.fast_rcnn import PompFastRCNNOutputLayers, federated_classes  # noqa: E402
 from pomp_det.zero_shot_classifier import ZeroShotClassifier  # noqa: E402
 
@@ -110,17 +110,17 @@ def test_embedding_sources(tmp_path, tiny_clip, monkeypatch):
         load_embedding_file(tmp_path / "none.npy")
     model, tokenizer, _ = tiny_clip
     monkeypatch.setattr(pomp_core, "load_clip", lambda *a, **k: (model, tokenizer, None))
-    emb = encode_vocabulary(["cat", "dog"], "pomp-tiny", "", prompt_words="a photo of a", cache_dir=str(tmp_path))
+    emb = cached_class_embeddings(["cat", "dog"], "pomp-tiny", "", prompt_words="a photo of a", cache_dir=str(tmp_path))
     assert emb.shape == (2, 48) and len(list(tmp_path.glob("*.npy"))) == 1
     monkeypatch.setattr(pomp_core, "load_clip", lambda *a, **k: pytest.fail("the cache was not used"))
-    again = encode_vocabulary(["cat", "dog"], "pomp-tiny", "", prompt_words="a photo of a", cache_dir=str(tmp_path))
+    again = cached_class_embeddings(["cat", "dog"], "pomp-tiny", "", prompt_words="a photo of a", cache_dir=str(tmp_path))
     assert torch.equal(again, emb)  # the first build returns what the cache holds
     # a prompt for another CLIP (width 512) on the tiny one (width 64)
     prompt = pomp_core.PromptLearner(n_ctx=4, width=512)
     pomp_core.save_prompt(prompt, tmp_path / "p512.pt")
     monkeypatch.setattr(pomp_core, "load_clip", lambda *a, **k: (model, tokenizer, None))
     with pytest.raises(ValueError, match="width"):
-        encode_vocabulary(["cat"], "pomp-tiny", "", prompt=str(tmp_path / "p512.pt"), cache_dir=None)
+        cached_class_embeddings(["cat"], "pomp-tiny", "", prompt=str(tmp_path / "p512.pt"), cache_dir=None)
 
 
 def test_encoding_leaves_the_random_state_so_first_and_cached_builds_agree(tmp_path):
@@ -129,7 +129,7 @@ def test_encoding_leaves_the_random_state_so_first_and_cached_builds_agree(tmp_p
     torch.manual_seed(5)
     expected = torch.rand(4)
     torch.manual_seed(5)
-    emb = encode_vocabulary(["cat", "dog", "red fox"], "pomp-tiny", "", prompt_words="a photo of a",
+    emb = cached_class_embeddings(["cat", "dog", "red fox"], "pomp-tiny", "", prompt_words="a photo of a",
                             cache_dir=str(tmp_path))
     assert torch.equal(torch.rand(4), expected)
     assert emb.dtype == torch.float32 and emb.shape == (3, 48)

@@ -48,7 +48,7 @@ def test_text_encoder_caches_frozen_prompt_features(encoder, monkeypatch):
     monkeypatch.setattr(encoder, "encoder", lambda *a, **k: calls.append(a) or torch.zeros(1, 48))
     encoder()
     assert calls == []
-    assert encoder.encode(["blue square"]).shape == (1, 48)
+    assert encoder.class_embeddings(["blue square"]).shape == (1, 48)
 
 
 def test_text_encoder_background_embedding(tiny_clip):
@@ -211,16 +211,16 @@ def test_masked_crops_min_size_keeps_the_object_size():
 def test_vocabulary_mismatch_is_a_clear_error(world):
     from mmengine.config import Config
 
-    from pomp_seg.tool_utils import check_vocabulary
+    from pomp_seg.cli import check_config_vocabulary
 
     cfg = Config(dict(
         model=dict(text_encoder=dict(vocabulary=["a", "b"])),
         val_dataloader=dict(dataset=dict(type="WorldSegDataset", data_root=world["seg_root"],
                                          data_prefix=dict(img_path="img_dir/val", seg_map_path="ann_dir/val")))))
     with pytest.raises(ValueError, match="does not match"):
-        check_vocabulary(cfg, "val_dataloader")
+        check_config_vocabulary(cfg, "val_dataloader")
     cfg.model.text_encoder.vocabulary = world["seg_root"]
-    check_vocabulary(cfg, "val_dataloader")
+    check_config_vocabulary(cfg, "val_dataloader")
 
 
 def test_world_training_scene_classes_give_unseen_objects_their_share():

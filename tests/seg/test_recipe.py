@@ -167,7 +167,7 @@ def test_empty_proposal_gets_a_neutral_clip_probability(tiny_clip):
     logits[1, 16:30, 10:30] = 9.0  # proposal 2 stays empty after thresholding
     _fixed_proposals(model, p_mf, logits)
     image = torch.randn(1, 3, 32, 32)
-    embeds = model.text_encoder.encode(model.text_encoder.class_names)
+    embeds = model.text_encoder.class_embeddings(model.text_encoder.class_names)
     p_valid, valid = model.crop_classifier(image[0], logits.sigmoid() > 0.5, embeds)
     assert valid.tolist() == [True, True, False] and p_valid.shape == (2, 20)
     p_clip = torch.cat([p_valid, torch.ones(1, 20)])
@@ -194,8 +194,8 @@ def test_region_classifier_uses_its_own_prompt(tiny_clip):
     _fixed_proposals(model, torch.rand(2, 20).softmax(-1), logits)
     model.encode_decode(torch.randn(1, 3, 32, 32), [dict(img_shape=(32, 32))])
     names = model.text_encoder.class_names
-    torch.testing.assert_close(seen["text"], model.region_text_encoder.encode(names))
-    assert not torch.allclose(seen["text"], model.text_encoder.encode(names))
+    torch.testing.assert_close(seen["text"], model.region_text_encoder.class_embeddings(names))
+    assert not torch.allclose(seen["text"], model.text_encoder.class_embeddings(names))
     model.set_vocabulary(["cat", "sofa"])  # a vocabulary swap reaches both encoders
     assert model.region_text_encoder.class_names == ["cat", "sofa"]
     assert model.is_seen().tolist() == [True, False]
@@ -208,7 +208,7 @@ def test_hand_templates_are_clips_template_ensemble(tiny_clip):
                             templates=templates, cat_bg=False))
     feats = [F.normalize(model.encode_text(tokenizer([t.format(n) for n in ["cat", "sofa"]])), dim=-1)
              for t in templates]
-    torch.testing.assert_close(enc.encode(["cat", "sofa"]), F.normalize(sum(feats) / 2, dim=-1))
+    torch.testing.assert_close(enc.class_embeddings(["cat", "sofa"]), F.normalize(sum(feats) / 2, dim=-1))
 
 
 def test_stage_a_crops_one_random_resized_view_per_image(tiny_clip):

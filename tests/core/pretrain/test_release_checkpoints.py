@@ -123,15 +123,15 @@ def test_detector_and_segmentor_pass_trust_explicitly(tmp_path):
     checkpoint unless trust is given, then encode with its context."""
     require("detectron2")
     require("mmseg")
-    from pomp_det.embeddings import encode_vocabulary
+    from pomp_det.embeddings import cached_class_embeddings
     from pomp_seg.clip import build_prompt
 
     path = tmp_path / "model.pth.tar-5"
     learner = write_raw_dassl_checkpoint(path)
     names = ["cat", "bow (weapon)", "traffic light"]
     with pytest.raises(ValueError, match="trusted=True"):
-        encode_vocabulary(names, "pomp-tiny", "", prompt=str(path), cache_dir=None)
-    emb = encode_vocabulary(names, "pomp-tiny", "", prompt=str(path), cache_dir=None, prompt_trusted=True)
+        cached_class_embeddings(names, "pomp-tiny", "", prompt=str(path), cache_dir=None)
+    emb = cached_class_embeddings(names, "pomp-tiny", "", prompt=str(path), cache_dir=None, prompt_trusted=True)
     model, tokenizer, _ = pomp_core.load_clip("pomp-tiny")
     with pytest.raises(ValueError, match="trusted=True"):
         build_prompt(str(path), model, tokenizer)

@@ -72,7 +72,7 @@ def test_split_file_readers(tmp_path, name):
     folder, image_dir, split_file, classes, clean = SPLIT_CASES[name]
     expected = coop_split(tmp_path / folder, image_dir, split_file, classes)
     data = get_dataset(name).read(tmp_path)
-    assert data.classnames == clean
+    assert data.class_names == clean
     assert sorted(data.items) == sorted(expected)
     assert data.image_root == tmp_path / folder / image_dir
     assert all((data.image_root / p).is_file() for p, _ in data.items)
@@ -90,7 +90,7 @@ def test_fgvc_aircraft_reader(tmp_path, nested):
     for i, _ in rows:
         image(base / "images" / f"{i}.jpg")
     data = get_dataset("FGVCAircraft").read(tmp_path)
-    assert data.classnames == ["707-320", "A300B4", "Cessna 172"]
+    assert data.class_names == ["707-320", "A300B4", "Cessna 172"]
     assert data.items == [("0034309.jpg", 1), ("0034958.jpg", 2), ("1000001.jpg", 0), ("1000002.jpg", 1)]
     assert all((data.image_root / p).is_file() for p, _ in data.items)
 
@@ -101,7 +101,7 @@ def test_imagenet_reader_labels_are_sorted_wnids(tmp_path):
         for i in range(2):
             image(tmp_path / "imagenet/images/val" / w / f"ILSVRC2012_val_{w}_{i}.JPEG")
     data = get_dataset("ImageNet").read(tmp_path)
-    assert data.classnames == NAMES and data.image_root == tmp_path / "imagenet/images/val"
+    assert data.class_names == NAMES and data.image_root == tmp_path / "imagenet/images/val"
     assert len(data.items) == 10
     assert all(p.split("/")[0] == WNIDS[y] for p, y in data.items)
 
@@ -112,7 +112,7 @@ def test_imagenetv2_folder_index_is_the_imagenet_label(tmp_path):
     for label in (4, 0, 2):
         image(root / str(label) / f"img{label}.jpeg")
     data = get_dataset("imagenet-v2").read(tmp_path)
-    assert data.classnames == NAMES  # all 1000 (here 5) classes are in the classifier
+    assert data.class_names == NAMES  # all 1000 (here 5) classes are in the classifier
     assert data.items == [("0/img0.jpeg", 0), ("2/img2.jpeg", 2), ("4/img4.jpeg", 4)]
     image(root / "7" / "x.jpeg")
     with pytest.raises(ValueError, match="label indices"):
@@ -130,12 +130,12 @@ def test_imagenet_subsets_read_their_classes(tmp_path, name, folder, image_dir):
         image(root / w / "b.jpg")
     (root / "README.txt").write_text("not a class")
     data = get_dataset(name).read(tmp_path)
-    assert data.classnames == ["goldfish", "tiger shark"]  # the subset, in sorted-wnid order
+    assert data.class_names == ["goldfish", "tiger shark"]  # the subset, in sorted-wnid order
     assert data.items == [(f"{WNIDS[1]}/a.jpg", 0), (f"{WNIDS[1]}/b.jpg", 0),
                           (f"{WNIDS[3]}/a.jpg", 1), (f"{WNIDS[3]}/b.jpg", 1)]
     # a classnames.txt of the dataset's own (CoOp copies ImageNet's there) takes precedence
     (tmp_path / folder / "classnames.txt").write_text(f"{WNIDS[1]} gold fish\n{WNIDS[3]} tiger shark\n")
-    assert get_dataset(name).read(tmp_path).classnames == ["gold fish", "tiger shark"]
+    assert get_dataset(name).read(tmp_path).class_names == ["gold fish", "tiger shark"]
 
 
 def test_missing_root_error_shows_the_expected_layout(tmp_path):
@@ -161,6 +161,6 @@ def test_registry_groups_and_split_file_paths(tmp_path):
     sets = build_datasets(["dtd", "EuroSAT", str(tmp_path / "eurosat" / "split_zhou_EuroSAT.json")], tmp_path)
     assert [d.name for d in sets] == ["dtd", "eurosat", "EuroSAT"]
     # a bare split file keeps the stored names (underscores read as spaces) and its folder as image root
-    assert sets[2].classnames == ["AnnualCrop", "Sea or Lake", "Forest"]
+    assert sets[2].class_names == ["AnnualCrop", "Sea or Lake", "Forest"]
     with pytest.raises(ValueError, match="data root"):
         build_datasets(["cross-dataset"], None)

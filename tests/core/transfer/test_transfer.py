@@ -18,7 +18,8 @@ from pomp_core.transfer.feature_cache import weights_identity
 from pomp_core.transfer.report import markdown_table, with_averages
 from pomp_world import WorldConfig, write_world
 from pomp_world.tiny_clip import MODEL_NAME, WEIGHTS
-from pomp_core.zero_shot import text_classifier, top1
+from pomp_core.embeddings import class_embeddings
+from pomp_core.zero_shot import top1
 
 REPO = Path(__file__).resolve().parents[3]
 WORLD = WorldConfig(seed=5, pretrain_per_class=0, eval_per_class=3, eval_classes=24)
@@ -135,7 +136,7 @@ def test_duplicate_benchmark_names_share_a_row_but_user_vocabularies_reject_them
     names = ["missile", "sunglasses", "tench", "missile"]
     for clf in ("a photo of a {}.", ["a photo of a {}.", "a drawing of a {}."],
                 pomp_core.PromptLearner(n_ctx=2, width=64)):
-        w = text_classifier(model, tokenizer, clf, names)
+        w = class_embeddings(model, tokenizer, clf, names, allow_duplicates=True)
         assert w.shape[0] == 4 and torch.equal(w[0], w[3]) and not torch.equal(w[0], w[1])
     with pytest.raises(ValueError, match="repeats class names"):
         pomp_core.load_vocabulary("missile,tench,missile")
@@ -147,7 +148,7 @@ def test_ensemble_matches_open_clip(tiny_clip):
     model, tokenizer, _ = tiny_clip
     names = ["cat", "hot_air_balloon", "tv"]
     templates = open_clip.OPENAI_IMAGENET_TEMPLATES[:6]
-    ours = text_classifier(model, tokenizer, templates, names)
+    ours = class_embeddings(model, tokenizer, templates, names, allow_duplicates=True)
     ref = open_clip.build_zero_shot_classifier(model, tokenizer, [n.replace("_", " ") for n in names], templates)
     torch.testing.assert_close(ours, ref.t(), atol=1e-5, rtol=1e-4)
 
@@ -205,7 +206,7 @@ def test_classify_tool_agrees_with_the_benchmark_top1(world, world_clip, tmp_pat
     model, tokenizer, preprocess = world_clip
     data = load_split_json(world[0])
     vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(data.classnames) + "\n")
+    vocab.write_text("\n".join(data.class_names) + "\n")
     folder = tmp_path / "unseen"  # the eval folder mixes seen and unseen classes: copy the unseen split's images
     for p, _ in data.items:
         (folder / p).parent.mkdir(parents=True, exist_ok=True)
@@ -213,10 +214,10 @@ def test_classify_tool_agrees_with_the_benchmark_top1(world, world_clip, tmp_pat
     rows = tool("classify").main(["--model", MODEL_NAME, "--pretrained", str(WEIGHTS), "--vocabulary", str(vocab),
                                   "--image", str(folder), "--topk", "3"])
     assert len(rows) == len(data.items)
-    truth = {str(folder / p): data.classnames[y] for p, y in data.items}
+    truth = {str(folder / p): data.class_names[y] for p, y in data.items}
     correct = sum(top[0][0] == truth[path] for path, top in rows)  # the hand count
     feats, labels = pomp_core.zero_shot.image_features(model, data.image_root, data.items, preprocess)
-    weights = text_classifier(model, tokenizer, "a photo of a {}.", data.classnames)
+    weights = class_embeddings(model, tokenizer, "a photo of a {}.", data.class_names, allow_duplicates=True)
     assert correct / len(rows) == pytest.approx(top1(feats, labels, weights))
     for _, top in rows:
         scores = [s for _, s in top]
