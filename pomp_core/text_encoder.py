@@ -1,6 +1,6 @@
 """Text features of (soft prompt, class names) through a frozen open_clip text tower.
 
-Layout (POMP notes section 2), class token at the end::
+Layout (docs/text_encoding.md), class token at the end::
 
     [SOS] ctx_1 .. ctx_M <name tokens> "." [EOS] pad ...
 

@@ -49,6 +49,7 @@ def cached_class_embeddings(names: Sequence[str], clip_model: str, clip_pretrain
     """
     import pomp_core
     from pomp_core.embeddings import save_embeddings
+    from pomp_core.prompt_source import build_prompt
 
     if bool(prompt) == bool(prompt_words):
         raise ValueError("set exactly one of MODEL.POMP.PROMPT (a prompt file) and "
@@ -64,8 +65,7 @@ def cached_class_embeddings(names: Sequence[str], clip_model: str, clip_pretrain
             return load_embedding_file(cache)
     with torch.random.fork_rng(devices=[]):  # CLIP is built on the CPU
         model, tokenizer, _ = pomp_core.load_clip(clip_model, pretrained=clip_pretrained or None)
-        learner = (pomp_core.load_prompt(prompt, trusted=prompt_trusted) if prompt
-                   else pomp_core.PromptLearner.from_words(prompt_words, model, tokenizer))
+        learner = build_prompt(model, tokenizer, prompt, prompt_words, prompt_trusted)
         emb = pomp_core.class_embeddings(model, tokenizer, learner, names, normalize=False)
     if cache is not None:
         save_embeddings(emb, cache, fmt="detic")  # atomic: ranks may write it at once

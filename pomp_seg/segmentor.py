@@ -1,5 +1,5 @@
 """ZSSeg-style two-stage zero-shot segmentor: class-agnostic mask proposals classified by
-their query embeddings and by CLIP on masked crops, ensembled (POMP notes, section 8)."""
+their query embeddings and by CLIP on masked crops, ensembled (ZSSeg's recipe; docs/segmentation.md)."""
 from __future__ import annotations
 
 from typing import List, Optional, Sequence

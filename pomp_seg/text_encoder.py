@@ -21,8 +21,9 @@ from mmseg.utils import get_classes, get_predefined_templates
 from torch import nn
 
 from pomp_core import PromptedTextEncoder, class_embeddings, load_vocabulary
+from pomp_core.prompt_source import build_prompt
 
-from .clip import build_clip, build_prompt
+from .clip import build_clip
 from .datasets import resolve_split
 
 
@@ -100,7 +101,7 @@ class POMPTextEncoder(BaseModule):
                                embed_dims=embed_dims, num_layers=num_layers, num_heads=num_heads,
                                mlp_ratio=mlp_ratio, output_dims=output_dims))
         if prompt or init_words:
-            self.prompt = build_prompt(prompt, model, tokenizer, init_words, prompt_trusted)
+            self.prompt = build_prompt(model, tokenizer, prompt, init_words, prompt_trusted)
             self.prompt.requires_grad_(False)
             self.templates = None
         elif templates:

@@ -82,9 +82,7 @@ def real_results(real_world, tmp_path_factory) -> dict:
 def test_pomp_text_features_segment_unseen_classes_far_above_random(results):
     pomp, rand = results["pomp"], results["random"]
     print({k: {m: v[m] for m in ("mIoU_seen", "mIoU_unseen", "hIoU")} for k, v in results.items()})
-    # docs/segmentation.md: unseen mIoU POMP 19.7 / 14.7 (seeds 0 / 1, one thread) and 11.2 (this
-    # test, two threads), random 3.6 / 5.2 / 3.7; hIoU POMP 23.5 / 20.1 / 15.3, random 4.2 / 7.2 / 5.0.
-    # Thresholds: under half the smallest gaps.
+    # Thresholds under half the smallest gaps of the runs in docs/segmentation.md ("World").
     assert pomp["mIoU_unseen"] > 5.0
     assert pomp["mIoU_unseen"] > rand["mIoU_unseen"] + 3.5
     assert pomp["hIoU"] > rand["hIoU"] + 5.0
@@ -97,9 +95,8 @@ def test_real_training_condition_unseen_objects_labelled_ignore_still_segmented(
     assert sum(np.isin(m, unseen).any() for m in labels) >= 10  # training scenes do hold unseen objects
     pomp, rand = real_results["pomp"], real_results["random"]
     print({k: {m: v[m] for m in ("mIoU_seen", "mIoU_unseen", "hIoU")} for k, v in real_results.items()})
-    # docs/segmentation.md, 200 validation scenes, one thread: unseen mIoU POMP 9.9 / 11.3 (seeds 0 / 1)
-    # and 14.2 (this test), random 3.8 / 3.2 / 3.8; hIoU POMP 12.5 / 16.5 / 17.5, random 0.0 / 5.1 / 0.0.
-    # Thresholds: under half the smallest values and gaps.
+    # Thresholds under half the smallest values and gaps of the runs in docs/segmentation.md
+    # ("The real training condition").
     assert pomp["mIoU_unseen"] > 4.5
     assert pomp["mIoU_unseen"] > rand["mIoU_unseen"] + 3.0
     assert pomp["hIoU"] > rand["hIoU"] + 5.5

@@ -1,6 +1,6 @@
 """Every tool in tools/ turns a user error (a missing file, a bad config key, a bad
 vocabulary, a bad value) into one ``error: ...`` line on stderr and exit code 2, before
-any slow work. The commands of the docs run the tools as scripts (tests/test_docs_commands.py);
+any slow work. The commands of the docs run the tools as scripts (tests/tools/test_docs_commands.py);
 here each tool's ``main`` runs in this process, so the frameworks are imported once."""
 import importlib.util
 import logging

@@ -124,7 +124,7 @@ def test_detector_and_segmentor_pass_trust_explicitly(tmp_path):
     require("detectron2")
     require("mmseg")
     from pomp_det.embeddings import cached_class_embeddings
-    from pomp_seg.clip import build_prompt
+    from pomp_seg.text_encoder import POMPTextEncoder
 
     path = tmp_path / "model.pth.tar-5"
     learner = write_raw_dassl_checkpoint(path)
@@ -134,7 +134,7 @@ def test_detector_and_segmentor_pass_trust_explicitly(tmp_path):
     emb = cached_class_embeddings(names, "pomp-tiny", "", prompt=str(path), cache_dir=None, prompt_trusted=True)
     model, tokenizer, _ = pomp_core.load_clip("pomp-tiny")
     with pytest.raises(ValueError, match="trusted=True"):
-        build_prompt(str(path), model, tokenizer)
-    prompt = build_prompt(str(path), model, tokenizer, trusted=True)
-    assert torch.equal(prompt.ctx, learner.ctx.detach().float())
+        POMPTextEncoder(vocabulary=names, clip=(model, tokenizer), prompt=str(path))
+    encoder = POMPTextEncoder(vocabulary=names, clip=(model, tokenizer), prompt=str(path), prompt_trusted=True)
+    assert torch.equal(encoder.prompt.ctx, learner.ctx.detach().float())
     assert emb.shape == (3, model.text_projection.shape[1])
