@@ -1,6 +1,4 @@
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +7,8 @@ import torch.nn.functional as F
 
 import pomp_core
 from pomp_core import PromptLearner
+from tests.tool_scripts import load_tool
 
-REPO = Path(__file__).resolve().parents[2]
 VOCAB = ["cat", "hot_air_balloon", "tv", "fire hydrant", "a kind of tropical fish", "dog"]
 
 
@@ -78,11 +76,7 @@ def test_save_embeddings_formats(tmp_path):
 
 
 def test_export_tool_writes_detector_and_normalised_files(tiny_clip, tmp_path):
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import export_embeddings
-    finally:
-        sys.path.pop(0)
+    export_embeddings = load_tool("export_embeddings")
     model, tokenizer, _ = tiny_clip
     weights = tmp_path / "tiny.pt"
     torch.save(model.state_dict(), weights)

@@ -17,6 +17,7 @@ from pomp_core.pretrain import data as pdata
 from pomp_core.pretrain.config import load_config
 from pomp_core.pretrain.trainer import Pretrainer, lr_at
 from pomp_core.text_tower import text_tower
+from tests.tool_scripts import load_tool
 
 REPO = Path(__file__).resolve().parents[3]
 NAMES = ["red square", "green circle", "blue triangle", "yellow star", "purple ring", "orange cross"]
@@ -58,12 +59,7 @@ def overrides(root, names, out, **extra):
 
 
 def run_tool(argv):
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import pretrain
-    finally:
-        sys.path.pop(0)
-    return pretrain.main(argv)
+    return load_tool("pretrain").main(argv)
 
 
 # ---------------------------------------------------------------- config

@@ -1,5 +1,4 @@
 """Prompts both ways with the POMP release: raw Dassl checkpoints in, load_model's layout out."""
-import sys
 from pathlib import Path
 
 import pytest
@@ -9,8 +8,8 @@ from torch import nn
 import pomp_core
 from tests.frameworks import require
 from pomp_core import PromptLearner
+from tests.tool_scripts import load_tool
 
-REPO = Path(__file__).resolve().parents[3]
 
 
 class WarmupScheduler(torch.optim.lr_scheduler.LRScheduler):
@@ -68,12 +67,7 @@ def test_raw_dassl_checkpoint_needs_trust_then_loads(tmp_path):
     assert (prompt.n_ctx, prompt.width, prompt.position) == (4, 64, "end")
     assert torch.equal(prompt.ctx, learner.ctx.detach().float())
     # trust is explicit in the tools too
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import export_embeddings
-        import export_prompt
-    finally:
-        sys.path.pop(0)
+    export_embeddings, export_prompt = load_tool("export_embeddings"), load_tool("export_prompt")
     voc = tmp_path / "voc.txt"
     voc.write_text("cat\nbow (weapon)\n")
     args = ["--model", "pomp-tiny", "--pretrained", "", "--prompt", str(path), "--vocabulary", str(voc),
@@ -90,11 +84,7 @@ def test_export_for_the_release_load_model_round_trip(tmp_path, dtype):
     torch.manual_seed(1)
     prompt = PromptLearner(n_ctx=4, width=64, init_std=0.02)
     ours = pomp_core.save_prompt(prompt, tmp_path / "prompt.pth", step=30, epoch=5)
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import export_prompt
-    finally:
-        sys.path.pop(0)
+    export_prompt = load_tool("export_prompt")
     path = export_prompt.main(["--prompt", str(ours), "--out", str(tmp_path / "release"), "--best",
                                "--dtype", dtype])
     folder = tmp_path / "release" / "prompt_learner"

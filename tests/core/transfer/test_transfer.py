@@ -20,17 +20,10 @@ from pomp_world import WorldConfig, write_world
 from pomp_world.tiny_clip import MODEL_NAME, WEIGHTS
 from pomp_core.embeddings import class_embeddings
 from pomp_core.zero_shot import top1
+from tests.tool_scripts import load_tool
 
 REPO = Path(__file__).resolve().parents[3]
 WORLD = WorldConfig(seed=5, pretrain_per_class=0, eval_per_class=3, eval_classes=24)
-
-
-def tool(name):
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.pop(0)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +158,7 @@ def test_eval_cls_end_to_end_on_the_world(world, world_clip, tmp_path, monkeypat
     calls = []
     real = fc.encode_images
     monkeypatch.setattr(fc, "encode_images", lambda *a, **k: calls.append(1) or real(*a, **k))
-    eval_cls = tool("eval_cls")
+    eval_cls = load_tool("eval_cls")
     res = eval_cls.main(common + ["--prompt", "hand", "--prompt", f"words={ours}", "--out", str(tmp_path / "a")])
     assert len(calls) == 2
     for split in ("world_unseen", "world_seen"):
@@ -211,7 +204,7 @@ def test_classify_tool_agrees_with_the_benchmark_top1(world, world_clip, tmp_pat
     for p, _ in data.items:
         (folder / p).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(data.image_root / p, folder / p)
-    rows = tool("classify").main(["--model", MODEL_NAME, "--pretrained", str(WEIGHTS), "--vocabulary", str(vocab),
+    rows = load_tool("classify").main(["--model", MODEL_NAME, "--pretrained", str(WEIGHTS), "--vocabulary", str(vocab),
                                   "--image", str(folder), "--topk", "3"])
     assert len(rows) == len(data.items)
     truth = {str(folder / p): data.class_names[y] for p, y in data.items}
@@ -225,7 +218,7 @@ def test_classify_tool_agrees_with_the_benchmark_top1(world, world_clip, tmp_pat
     out = capsys.readouterr().out
     assert out.count("  1. ") == len(rows)
     with pytest.raises(ValueError, match="repeats class names"):
-        tool("classify").main(["--model", MODEL_NAME, "--pretrained", str(WEIGHTS),
+        load_tool("classify").main(["--model", MODEL_NAME, "--pretrained", str(WEIGHTS),
                                "--vocabulary", "cat,dog,cat", "--image", str(data.image_root)])
 
 
@@ -234,7 +227,7 @@ def test_two_processes_give_the_features_and_table_of_one(world, tmp_path):
     """torchrun, gloo: each rank encodes half the images, rank 0 gathers and writes."""
     args = ["--model", MODEL_NAME, "--pretrained", str(WEIGHTS), "--datasets", world[0], "--prompt", "hand",
             "--workers", "0"]
-    one = tool("eval_cls").main(args + ["--cache-dir", str(tmp_path / "one"), "--out", str(tmp_path / "o1")])
+    one = load_tool("eval_cls").main(args + ["--cache-dir", str(tmp_path / "one"), "--out", str(tmp_path / "o1")])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     cmd = [torchrun, "--standalone", "--nproc_per_node", "2", str(REPO / "tools/eval_cls.py")] + args + \
