@@ -1,6 +1,6 @@
 """Register the synthetic world's detection split as LVIS datasets (written by
-``pomp_world.detection``: ``tools/make_world.py --parts detection``, and its image labels by
-``python -m pomp_world.detection``)."""
+``tools/make_world.py --parts detection``, and its image labels by
+``python -m pomp_world.image_labels``)."""
 from __future__ import annotations
 
 import os
@@ -12,13 +12,13 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from .image_labels import register_image_label_dataset
 from .lvis import register_lvis_json
 
-IMAGE_LABEL_JSON = "world_image_info.json"  # pomp_world.detection.IMAGE_LABEL_JSON
+IMAGE_LABEL_JSON = "world_image_info.json"  # pomp_world.image_labels.IMAGE_LABEL_JSON
 
 
 def register_world(world_root: str | os.PathLike, prefix: str = "world") -> Dict[str, str]:
     """``<prefix>_train`` (all annotations), ``<prefix>_train_norare`` (novel = rare classes
     dropped, the open-vocabulary base split), ``<prefix>_val``, and ``<prefix>_image`` (the
-    image labels, once written by ``python -m pomp_world.detection``), from a folder written by
+    image labels, once written by ``python -m pomp_world.image_labels``), from a folder written by
     ``write_world(..., parts=("detection",))``. Returns the dataset names."""
     det = Path(world_root) / "detection"
     ann, images = det / "annotations", det / "images"

@@ -38,7 +38,7 @@ def batch_types(world, n: int):
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
     from pomp_world import WorldConfig, write_world
-    from pomp_world.detection import write_image_labels
+    from pomp_world.image_labels import write_image_labels
 
     root = tmp_path_factory.mktemp("world_ddp")
     write_world(root, WorldConfig(det_classes=8, det_images=(6, 2), scene_size=64), parts=("detection",))
