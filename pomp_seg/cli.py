@@ -106,7 +106,7 @@ def check_config_vocabulary(cfg: Config, loader_key: str) -> None:
     score the wrong class for every label: fail before running."""
     from mmseg.registry import DATASETS
 
-    from .text_encoder import vocabulary_names
+    from .text_encoder import encoder_class_names
 
     loader = cfg.get(loader_key)
     enc: Optional[dict] = cfg.model.get("text_encoder")
@@ -117,7 +117,7 @@ def check_config_vocabulary(cfg: Config, loader_key: str) -> None:
     init_default_scope(cfg.get("default_scope", "mmseg"))
     dataset = DATASETS.build(dict(loader["dataset"], lazy_init=True, pipeline=[]))
     classes = list(dataset.metainfo["classes"])
-    vocab = vocabulary_names(enc.get("dataset_name"), enc.get("vocabulary"))
+    vocab = encoder_class_names(enc.get("dataset_name"), enc.get("vocabulary"))
     if vocab != classes:
         extra = [v for v in vocab if v not in classes][:5]
         missing = [c for c in classes if c not in vocab][:5]

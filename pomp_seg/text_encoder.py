@@ -27,7 +27,7 @@ from .clip import build_clip
 from .datasets import resolve_split
 
 
-def vocabulary_names(dataset_name: Optional[str] = None,
+def encoder_class_names(dataset_name: Optional[str] = None,
                      vocabulary: Optional[str | Sequence[str]] = None) -> List[str]:
     """Class names from a dataset (registered here or known to mmseg) or a vocabulary source
     (list, comma string, txt file, COCO/LVIS json, a world classes.json or its folder)."""
@@ -92,7 +92,7 @@ class POMPTextEncoder(BaseModule):
                  output_dims: Optional[int] = None, norm_cfg: Optional[dict] = None,
                  clip: Optional[tuple] = None, init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
-        self.class_names = vocabulary_names(dataset_name, vocabulary)
+        self.class_names = encoder_class_names(dataset_name, vocabulary)
         model, tokenizer = clip if clip is not None else build_clip(clip_model, clip_pretrained)
         # the whole CLIP stays reachable (visual tower, encode_text) without being a submodule
         self.__dict__["_clip"] = (model, tokenizer)
