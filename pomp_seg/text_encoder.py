@@ -28,7 +28,7 @@ from .datasets import resolve_split
 
 
 def encoder_class_names(dataset_name: Optional[str] = None,
-                     vocabulary: Optional[str | Sequence[str]] = None) -> List[str]:
+                        vocabulary: Optional[str | Sequence[str]] = None) -> List[str]:
     """Class names from a dataset (registered here or known to mmseg) or a vocabulary source
     (list, comma string, txt file, COCO/LVIS json, a world classes.json or its folder)."""
     if (dataset_name is None) == (vocabulary is None):
