@@ -1,8 +1,8 @@
 """The synthetic open-vocabulary world: a compositional vocabulary (size x colour x pattern x
 shape), its renderer, dataset writers in the formats the real pipelines read (ImageNet-21K
-folders and CoOp splits, LVIS json, mmseg folders), the tiny CLIP trained on it and the main
-job (``tools/demo.py``). A consumer of pomp_core (and of pomp_det's registration for the
-detection world); nothing in pomp_core, pomp_det or pomp_seg imports it."""
+folders and CoOp splits, LVIS json and Detic's image labels, mmseg folders), the tiny CLIP
+trained on it and the main job (``tools/demo.py``). A consumer of pomp_core; nothing in
+pomp_core, pomp_det or pomp_seg imports it (they read what it writes)."""
 from __future__ import annotations
 
 import json
