@@ -21,8 +21,8 @@ import torch
 
 import pomp_core
 from pomp_core.transfer import FeatureCache, ModelIdentity, PromptSpec, evaluate, load_split_json
-from pomp_core.world.generate import WorldConfig, write_world
-from pomp_core.world.tiny_clip import MODEL_NAME, WEIGHTS
+from pomp_world import WorldConfig, write_world
+from pomp_world.tiny_clip import MODEL_NAME, WEIGHTS
 
 PHRASES = ["a photo of a", "a picture of a", "an image of a", "a rendering of a", "a drawing of a",
            "a photo of the", "a close-up photo of a", "a bright photo of a"]
@@ -66,7 +66,7 @@ def main() -> None:
         cached = time.perf_counter() - start
 
     print(f"model {args.model} ({'random weights' if not args.pretrained else Path(args.pretrained).name}), "
-          f"{n} images, {len(data.classnames)} classes, P={len(prompts)} prompts, {torch.get_num_threads()} threads")
+          f"{n} images, {len(data.class_names)} classes, P={len(prompts)} prompts, {torch.get_num_threads()} threads")
     print("| | wall time (s) | images/s (P x images / time) |")
     print("|---|---|---|")
     print(f"| no cache (image tower per prompt) | {plain:.1f} | {len(prompts) * n / plain:.0f} |")

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
 import pomp_core
+from pomp_core.text_tower import text_tower
 from pomp_core.pretrain.contrast import (build_contrast_batch, local_contrast_logits, local_contrast_loss,
                                          sample_negatives)
 from pomp_core.pretrain.data import read_lemmas, timm_info_file
@@ -107,7 +108,7 @@ def run_one(cfg: Dict) -> Dict:
     torch.manual_seed(0)
     model, tokenizer, _ = pomp_core.load_clip("ViT-B-16")
     model.visual = None
-    tower = pomp_core.text_tower(model)
+    tower = text_tower(model)
     tower.transformer.resblocks = tower.transformer.resblocks[: cfg["layers"]]
     mode = cfg["mode"]
     tower.transformer.grad_checkpointing = mode == "pomp +ckpt"

@@ -17,6 +17,7 @@ import torch
 from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
 import pomp_core
+from pomp_core.text_tower import text_tower
 
 
 def timed(fn, repeats: int) -> float:
@@ -39,7 +40,7 @@ def main() -> None:
     torch.manual_seed(0)
     model, tokenizer, _ = pomp_core.load_clip("ViT-B-16")  # random weights, text tower as ViT-B/16
     model.visual = None  # only the text tower is timed
-    prompt = pomp_core.PromptLearner(n_ctx=args.n_ctx, width=pomp_core.text_tower(model).width)
+    prompt = pomp_core.PromptLearner(n_ctx=args.n_ctx, width=text_tower(model).width)
     names = list(IMAGENET_CLASSNAMES[: args.names])
     enc = pomp_core.PromptedTextEncoder(model, tokenizer)
     ids, _ = enc.token_ids(names, prompt.n_ctx, prompt.position)

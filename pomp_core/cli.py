@@ -12,16 +12,9 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
+from .errors import UserError
+
 EXIT_USER_ERROR = 2  # argparse's code for a bad command line
-
-
-class UserError(Exception):
-    """An input the user can fix; the message names the problem and the fix."""
-
-
-class WeightsUnavailable(UserError):
-    """Pre-trained weights named by a tag could not be downloaded (offline machine)."""
-
 
 # What the libraries raise for bad input: missing files, bad values, unknown config keys.
 USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError, KeyError)

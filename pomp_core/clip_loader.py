@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
-from .cli import WeightsUnavailable
+from .errors import WeightsUnavailable
 
 logger = logging.getLogger(__name__)
 

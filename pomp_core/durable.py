@@ -12,6 +12,7 @@ reaches that named point, so tests can stop the real process at a chosen moment.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -82,6 +83,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", kill_name: Optional[
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_write(path, "w") as f:
         f.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    """``json.dump(data)`` through :func:`atomic_write`; returns ``path``."""
+    with atomic_write(path, "w") as f:
+        json.dump(data, f)
+    return Path(path)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike, kill_name: Optional[str] = None,

@@ -26,10 +26,9 @@ from typing import Dict, List, Mapping, Optional
 
 import torch
 
-from .cli import WeightsUnavailable
+from .errors import WeightsUnavailable
 from .durable import fsync_file, temporary_name
 from .progress import Progress
-from .prompt import PromptLearner
 
 logger = logging.getLogger(__name__)
 
@@ -222,13 +221,3 @@ def fetch_prompt(name: str, timeout: float = 30.0, trusted: bool = False) -> Pat
     logger.info("downloaded '%s' to %s (%d bytes, sha256 %s)", entry.name, dest, dest.stat().st_size,
                 sha256_of(dest))
     return dest
-
-
-def load_pretrained(name: str, position: Optional[str] = None, trusted: bool = False) -> PromptLearner:
-    """The named prompt as a ``PromptLearner`` (its ``model_name`` says which CLIP it is for)."""
-    from .prompt_io import load_prompt
-
-    entry = pretrained_info(name)
-    prompt = load_prompt(fetch_prompt(name, trusted=trusted), trusted=trusted, position=position)
-    prompt.model_name = prompt.model_name or entry.model_name
-    return prompt

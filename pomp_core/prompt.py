@@ -6,6 +6,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from .text_tower import text_tower
+
 POSITIONS = ("end", "middle", "front")
 
 
@@ -70,8 +72,6 @@ class PromptLearner(nn.Module):
         n_classes: Optional[int] = None,
     ) -> "PromptLearner":
         """Initialise the context from the token embeddings of ``words`` (e.g. "a photo of a")."""
-        from .text_encoder import text_tower
-
         ids = tokenizer.encode(words.replace("_", " "))
         if not ids:
             raise ValueError(f"init words '{words}' tokenize to nothing")

@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from .durable import atomic_torch_save, atomic_write_text
+from .pretrained import fetch_prompt, is_pretrained_name, list_pretrained, pretrained_info
 from .prompt import POSITIONS, PromptLearner
 
 logger = logging.getLogger(__name__)
@@ -96,10 +97,11 @@ def load_prompt(path: str | os.PathLike, trusted: bool = False,
     otherwise. ``trusted=True`` allows files that need full unpickling.
     """
     if not Path(path).is_file():
-        from .pretrained import is_pretrained_name, list_pretrained, load_pretrained
-
         if is_pretrained_name(str(path)):
-            return load_pretrained(str(path), position=position, trusted=trusted)
+            prompt = load_prompt(fetch_prompt(str(path), trusted=trusted), trusted=trusted, position=position)
+            # the file may not say which CLIP it is for; the table does
+            prompt.model_name = prompt.model_name or pretrained_info(str(path)).model_name
+            return prompt
         raise FileNotFoundError(f"prompt file '{path}' does not exist, nor is it the name of a "
                                 f"published prompt ({', '.join(list_pretrained())})")
     path = Path(path)

@@ -1,82 +1,20 @@
-"""Zero-shot classification: a classifier from class names (prompt or template), top-1 on images."""
+"""Zero-shot classification on images: unit image features and top-1 against class embeddings
+(:func:`pomp_core.embeddings.class_embeddings`)."""
 from __future__ import annotations
 
-import json
 import logging
 import os
-from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple, Union
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .embeddings import class_embeddings
+from .images import ImageListDataset, collate_skipping
 from .progress import Progress
-from .prompt import PromptLearner
-from .pretrain.data import ImageListDataset, collate_skipping
-from .text_encoder import PromptedTextEncoder
 
 logger = logging.getLogger(__name__)
-
-# a soft prompt, a template with "{}" for the name, or several templates whose class
-# features are averaged (CLIP's prompt ensemble)
-Classifier = Union[PromptLearner, str, Sequence[Union[str, Callable[[str], str]]]]
-
-
-def read_split_file(path: str | os.PathLike, split: str = "test") -> Tuple[List[Tuple[str, int]], List[str]]:
-    """Items of ``split`` and the class names of a CoOp-style split file
-    (``{"train": [...], "val": [...], "test": [[path, label, name], ...]}``).
-
-    Class names come from every split of the file, so a class without ``split`` items
-    still gets its classifier row (CoOp takes them from the training split).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"split file '{path}' does not exist")
-    data = json.loads(path.read_text())
-    rows = data.get(split)
-    if not rows:
-        raise ValueError(f"{path} has no '{split}' items (it has {sorted(k for k, v in data.items() if v)})")
-    names: Dict[int, str] = {}
-    for part in data.values():
-        for _, label, name in part or []:
-            if names.setdefault(int(label), name) != name:
-                raise ValueError(f"{path}: label {label} is named both '{names[int(label)]}' and '{name}'")
-    missing = sorted(set(range(max(names) + 1)) - set(names))
-    if missing:
-        raise ValueError(f"{path}: labels {missing[:10]} have no items, so their class names are unknown")
-    return [(p, int(y)) for p, y, _ in rows], [names[i] for i in range(len(names))]
-
-
-@torch.no_grad()
-def text_classifier(model: nn.Module, tokenizer: Callable, classifier: Classifier, names: List[str]) -> torch.Tensor:
-    """Unit-norm class weights [C, D] from a soft prompt, a template or a template ensemble.
-
-    Benchmark class lists may repeat a name (open_clip's ImageNet names hold 'missile'
-    and 'sunglasses' twice): each distinct name is encoded once and repeated names share
-    a row, so the first of two identical rows wins every tie, as in CLIP's own protocol.
-    """
-    unique = list(dict.fromkeys(names))
-    if isinstance(classifier, PromptLearner):
-        weights = class_embeddings(model, tokenizer, classifier, unique)
-    else:
-        # the template ensemble of open_clip's build_zero_shot_classifier (mean of unit
-        # features, renormalised), through the encoder that cuts batches after the EOT
-        templates = [classifier] if isinstance(classifier, str) else list(classifier)
-        encoder = PromptedTextEncoder(model, tokenizer)
-        weights = 0
-        for template in Progress(templates, desc="templates", unit="template", disable=len(templates) < 8):
-            texts = [template.format(n) if isinstance(template, str) else template(n)
-                     for n in (n.replace("_", " ") for n in unique)]
-            weights = weights + torch.cat([F.normalize(encoder.encode_ids(tokenizer(texts[i:i + 512])).float(), dim=-1)
-                                           for i in range(0, len(texts), 512)])
-        weights = F.normalize(weights, dim=-1)
-    if len(unique) == len(names):
-        return weights
-    row = {n: i for i, n in enumerate(unique)}
-    return weights[torch.tensor([row[n] for n in names], device=weights.device)]
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ def _file_digest(path: str) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest() if os.path.isfile(path) else path
 
 
-def encode_vocabulary(names: Sequence[str], clip_model: str, clip_pretrained: str,
+def cached_class_embeddings(names: Sequence[str], clip_model: str, clip_pretrained: str,
                       prompt: str = "", prompt_words: str = "",
                       cache_dir: Optional[str] = "~/.cache/pomp/embeddings",
                       prompt_trusted: bool = False) -> torch.Tensor:
@@ -49,6 +49,7 @@ def encode_vocabulary(names: Sequence[str], clip_model: str, clip_pretrained: st
     """
     import pomp_core
     from pomp_core.embeddings import save_embeddings
+    from pomp_core.prompt_source import build_prompt
 
     if bool(prompt) == bool(prompt_words):
         raise ValueError("set exactly one of MODEL.POMP.PROMPT (a prompt file) and "
@@ -64,8 +65,7 @@ def encode_vocabulary(names: Sequence[str], clip_model: str, clip_pretrained: st
             return load_embedding_file(cache)
     with torch.random.fork_rng(devices=[]):  # CLIP is built on the CPU
         model, tokenizer, _ = pomp_core.load_clip(clip_model, pretrained=clip_pretrained or None)
-        learner = (pomp_core.load_prompt(prompt, trusted=prompt_trusted) if prompt
-                   else pomp_core.PromptLearner.from_words(prompt_words, model, tokenizer))
+        learner = build_prompt(model, tokenizer, prompt, prompt_words, prompt_trusted)
         emb = pomp_core.class_embeddings(model, tokenizer, learner, names, normalize=False)
     if cache is not None:
         save_embeddings(emb, cache, fmt="detic")  # atomic: ranks may write it at once
@@ -117,5 +117,5 @@ def embeddings_from_config(cfg, names: Optional[Sequence[str]] = None) -> torch.
     if names is None:
         train = cfg.DATASETS.TRAIN[0] if len(cfg.DATASETS.TRAIN) else None
         names = vocabulary_names(p.VOCABULARY, train)
-    return encode_vocabulary(names, p.CLIP_MODEL, p.CLIP_PRETRAINED, p.PROMPT, p.PROMPT_WORDS,
+    return cached_class_embeddings(names, p.CLIP_MODEL, p.CLIP_PRETRAINED, p.PROMPT, p.PROMPT_WORDS,
                              p.CACHE_DIR, p.PROMPT_TRUSTED)

@@ -1,5 +1,5 @@
 """Classify masked crops with CLIP: the crop of a mask's box, outside the mask filled with
-the mean colour, resized to CLIP's input size (POMP notes, section 8)."""
+the mean colour, resized to CLIP's input size (ZSSeg's recipe; docs/segmentation.md)."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple

@@ -17,7 +17,7 @@ from mmseg.registry import DATASETS
 
 from .class_records import label_values, loaded_labels
 
-# The published ZS3Net/ZSSeg splits (POMP notes, section 8), in mmseg's class spelling.
+# The published ZS3Net/ZSSeg splits (zsseg.baseline's configs), in mmseg's class spelling.
 VOC_UNSEEN = ("pottedplant", "sheep", "sofa", "train", "tvmonitor")
 COCO_STUFF_UNSEEN = ("cow", "giraffe", "suitcase", "frisbee", "skateboard", "carrot", "scissors",
                      "cardboard", "clouds", "grass", "playingfield", "river", "road", "tree",

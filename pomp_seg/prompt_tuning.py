@@ -18,8 +18,9 @@ from mmseg.registry import HOOKS, MODELS
 from mmseg.utils import SampleList
 
 from pomp_core import PromptedTextEncoder, save_prompt
+from pomp_core.prompt_source import build_prompt
 
-from .clip import build_clip, build_prompt
+from .clip import build_clip
 from .crop_classifier import CLIPCropClassifier, random_resized_masked_crop
 from .datasets import resolve_split
 
@@ -56,7 +57,7 @@ class PromptTuner(BaseModel):
         self._lut = {c: k for k, c in enumerate(self.seen)}  # dataset label -> seen-list index
         clip, tokenizer = build_clip(clip_model, clip_pretrained)
         self.clip = clip
-        self.prompt = build_prompt(prompt, clip, tokenizer, init_words, prompt_trusted)
+        self.prompt = build_prompt(clip, tokenizer, prompt, init_words, prompt_trusted)
         self.prompt.requires_grad_(True)
         self.text = PromptedTextEncoder(clip, tokenizer)
         self.crops = CLIPCropClassifier(clip.visual, float(clip.logit_scale.exp()), min_crop_size=min_crop_size)

@@ -18,7 +18,7 @@ class RandomTextEncoder(POMPTextEncoder):
     per class name (seeded by the name), in place of the prompted text features."""
 
     @torch.no_grad()
-    def encode(self, names: Sequence[str]) -> torch.Tensor:
+    def class_embeddings(self, names: Sequence[str]) -> torch.Tensor:
         rows = []
         for name in names:
             g = torch.Generator().manual_seed(zlib.crc32(name.encode()))

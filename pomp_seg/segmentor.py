@@ -1,5 +1,5 @@
 """ZSSeg-style two-stage zero-shot segmentor: class-agnostic mask proposals classified by
-their query embeddings and by CLIP on masked crops, ensembled (POMP notes, section 8)."""
+their query embeddings and by CLIP on masked crops, ensembled (ZSSeg's recipe; docs/segmentation.md)."""
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
@@ -137,7 +137,7 @@ class ZSSegSegmentor(BaseSegmentor):
 
     def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
         x = self.extract_feat(inputs)
-        embeds = self.text_encoder.encode(self.text_encoder.class_names)
+        embeds = self.text_encoder.class_embeddings(self.text_encoder.class_names)
         self.decode_head.set_class_embeddings(embeds[self.seen_index()])
         losses = self.decode_head.loss(x, self._to_seen_labels(data_samples), self.train_cfg)
         return {f"decode.{k}": v for k, v in losses.items()}
@@ -145,11 +145,11 @@ class ZSSegSegmentor(BaseSegmentor):
     def encode_decode(self, inputs: Tensor, batch_img_metas: List[dict]) -> Tensor:
         """Per-pixel class scores [B, C, H, W] over the full vocabulary."""
         x = self.extract_feat(inputs)
-        embeds = self.text_encoder.encode(self.text_encoder.class_names)
+        embeds = self.text_encoder.class_embeddings(self.text_encoder.class_names)
         self.decode_head.set_class_embeddings(embeds)
         p_mf, mask_logits = self.decode_head.proposals(x, batch_img_metas, inputs.shape[2:])
         region = self.region_text_encoder
-        region_embeds = embeds if region is None else region.encode(self.text_encoder.class_names)
+        region_embeds = embeds if region is None else region.class_embeddings(self.text_encoder.class_names)
         out = []
         for b in range(len(inputs)):
             probs = p_mf[b]

@@ -20,14 +20,15 @@ from mmseg.registry import MODELS
 from mmseg.utils import get_classes, get_predefined_templates
 from torch import nn
 
-from pomp_core import PromptedTextEncoder, load_vocabulary
+from pomp_core import PromptedTextEncoder, class_embeddings, load_vocabulary
+from pomp_core.prompt_source import build_prompt
 
-from .clip import build_clip, build_prompt
+from .clip import build_clip
 from .datasets import resolve_split
 
 
-def vocabulary_names(dataset_name: Optional[str] = None,
-                     vocabulary: Optional[str | Sequence[str]] = None) -> List[str]:
+def encoder_class_names(dataset_name: Optional[str] = None,
+                        vocabulary: Optional[str | Sequence[str]] = None) -> List[str]:
     """Class names from a dataset (registered here or known to mmseg) or a vocabulary source
     (list, comma string, txt file, COCO/LVIS json, a world classes.json or its folder)."""
     if (dataset_name is None) == (vocabulary is None):
@@ -72,7 +73,7 @@ class POMPTextEncoder(BaseModule):
             prompt and init_words.
         cache_feature: cache the features of the frozen prompt per class name.
         cat_bg: append a learned background embedding in ``forward()`` (SAN's extra class;
-            mmseg's default True). ``encode()`` never adds it.
+            mmseg's default True). ``class_embeddings()`` never adds it.
         total_vocab_size, context_length, embed_dims, num_layers, num_heads, mlp_ratio,
         output_dims: ``CLIPTextEncoder``'s sizes; None skips a check, a value must match
             the loaded CLIP. ``norm_cfg`` is accepted and unused (CLIP's own LayerNorm).
@@ -91,7 +92,7 @@ class POMPTextEncoder(BaseModule):
                  output_dims: Optional[int] = None, norm_cfg: Optional[dict] = None,
                  clip: Optional[tuple] = None, init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
-        self.class_names = vocabulary_names(dataset_name, vocabulary)
+        self.class_names = encoder_class_names(dataset_name, vocabulary)
         model, tokenizer = clip if clip is not None else build_clip(clip_model, clip_pretrained)
         # the whole CLIP stays reachable (visual tower, encode_text) without being a submodule
         self.__dict__["_clip"] = (model, tokenizer)
@@ -100,7 +101,7 @@ class POMPTextEncoder(BaseModule):
                                embed_dims=embed_dims, num_layers=num_layers, num_heads=num_heads,
                                mlp_ratio=mlp_ratio, output_dims=output_dims))
         if prompt or init_words:
-            self.prompt = build_prompt(prompt, model, tokenizer, init_words, prompt_trusted)
+            self.prompt = build_prompt(model, tokenizer, prompt, init_words, prompt_trusted)
             self.prompt.requires_grad_(False)
             self.templates = None
         elif templates:
@@ -159,13 +160,10 @@ class POMPTextEncoder(BaseModule):
     def _features(self, names: List[str]) -> torch.Tensor:
         if self.prompt is not None:
             return F.normalize(self.encoder(self.prompt, names).float(), dim=-1)
-        device = self.logit_scale.device
-        per_template = [F.normalize(self.clip.encode_text(self.tokenizer([t.format(n) for n in names]).to(device)).float(), dim=-1)
-                        for t in self.templates]
-        return F.normalize(torch.stack(per_template).mean(0), dim=-1)
+        return class_embeddings(self.clip, self.tokenizer, self.templates, names, allow_duplicates=True)
 
     @torch.no_grad()
-    def encode(self, names: Sequence[str]) -> torch.Tensor:
+    def class_embeddings(self, names: Sequence[str]) -> torch.Tensor:
         """Unit-norm features [len(names), D] of the frozen prompt (or templates) with ``names``."""
         device = self.logit_scale.device
         if not self.cache_feature:
@@ -176,7 +174,7 @@ class POMPTextEncoder(BaseModule):
         return torch.stack([self._cache[n] for n in names]).to(device)
 
     def forward(self) -> torch.Tensor:
-        embeds = self.encode(self.class_names)
+        embeds = self.class_embeddings(self.class_names)
         if self.bg_embed is not None:
             embeds = F.normalize(torch.cat([embeds, self.bg_embed]), dim=-1)
         return self.logit_scale.exp() * embeds

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from frameworks import require
+from tests.frameworks import require
 
 
 def test_open_clip_tiny_model_runs(tiny_clip):

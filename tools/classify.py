@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Classify an image, or every image in a folder, over a vocabulary; print the top-k with scores.
 
-    python tools/classify.py --model pomp-world --pretrained pomp_core/weights/pomp_world_clip.pt \
+    python tools/classify.py --model pomp-world --pretrained pomp_world/weights/pomp_world_clip.pt \
         --prompt pomp.pth --vocabulary "small red striped circle,large blue plain square" --image photo.png
 
 --prompt is a prompt file (this project's or the POMP release's .pth.tar) or a template

@@ -15,7 +15,7 @@ from pathlib import Path
 from pomp_core.cli import run_tool
 from pomp_core.log import setup_logging
 from pomp_core.pretrain.config import load_config
-from pomp_core.world.main_job import run
+from pomp_world.main_job import run
 
 REPO = Path(__file__).resolve().parents[1]
 

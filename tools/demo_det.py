@@ -17,7 +17,7 @@ from detectron2.utils.visualizer import Visualizer
 import pomp_det
 from pomp_core.cli import require_file, run_tool
 from pomp_det.data.world import register_world
-from pomp_det.input_checks import check_cfg_inputs, load_cfg_checked
+from pomp_det.cli import check_cfg_inputs, load_cfg_checked
 from pomp_det.vocabulary import configure_vocabulary
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from pomp_core.cli import require_file, run_tool
 from pomp_seg.checkpoint import trust_checkpoints_under
-from pomp_seg.text_encoder import vocabulary_names
+from pomp_seg.text_encoder import encoder_class_names
 from pomp_seg.visualize import draw_segmentation
 
 
@@ -47,7 +47,7 @@ def main(argv=None) -> list:
     trust_checkpoints_under(os.path.dirname(os.path.abspath(args.checkpoint)))  # named by the user
     model = init_model(cfg, args.checkpoint, device=args.device)
     if args.vocabulary:
-        model.set_vocabulary(vocabulary_names(vocabulary=args.vocabulary))
+        model.set_vocabulary(encoder_class_names(vocabulary=args.vocabulary))
     names = model.text_encoder.class_names
     os.makedirs(args.output, exist_ok=True)
     written = []

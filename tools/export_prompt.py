@@ -25,7 +25,7 @@ import pomp_core
 from pomp_core.cli import run_tool
 from pomp_core.log import setup_logging
 from pomp_core.pretrain.selection import best_epoch, epoch_prompts
-from pomp_core.prompt_io import read_extra
+from pomp_core.prompt_io import read_extra, save_release_prompt
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -53,7 +53,7 @@ def export_run(run: Path, out: Path, dtype: torch.dtype) -> Path:
         logging.warning("%s has no prompt_best.pth (it ran without validation): no model-best.pth.tar", run)
     path = out
     for epoch, file in epochs:
-        path = pomp_core.save_release_prompt(pomp_core.load_prompt(file), out, epoch, dtype=dtype,
+        path = save_release_prompt(pomp_core.load_prompt(file), out, epoch, dtype=dtype,
                                              best=epoch == best)
         logging.info("wrote %s%s", path, " and model-best.pth.tar" if epoch == best else "")
     return path
@@ -68,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     epoch = args.epoch if args.epoch is not None else read_extra(args.prompt, args.trusted).get("epoch")
     if epoch is None:
         raise ValueError(f"{args.prompt} records no epoch: pass --epoch N")
-    path = pomp_core.save_release_prompt(prompt, args.out, epoch, dtype=dtype, best=args.best)
+    path = save_release_prompt(prompt, args.out, epoch, dtype=dtype, best=args.best)
     logging.info("wrote %s (epoch %d, %s ctx %s)", path, epoch, args.dtype, tuple(prompt.ctx.shape))
     return path
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pomp_core.cli import run_tool
 from pomp_core.log import setup_logging
-from pomp_core.world.generate import WorldConfig, write_world
+from pomp_world import WorldConfig, write_world
 
 
 def main(argv=None) -> None:

@@ -9,7 +9,8 @@
 # when it matches and the stack imports, nothing is done. Compiled wheels (mmcv with
 # its ops, the patched detectron2) are cached in $POMP_CACHE (default
 # ~/.cache/pomp/wheels), outside the work tree, so a rebuilt venv or a CI run on the
-# same machine installs them in seconds instead of compiling for ~9 minutes.
+# same machine installs them instead of compiling them again. Every download goes
+# through pip, so its configured index, mirror and proxy apply (docs/install.md).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -53,32 +54,41 @@ log "installing the pinned stack"
 grep -vE '^(#|$|mmcv==|pb1-detectron2==)' "$pins" > "$cache/.stack-reqs.txt"
 "${pip[@]}" install -q -r "$cache/.stack-reqs.txt" -c "$cache/.stack-reqs.txt" 2>&1 | { grep -v 'is ignored: it is neither' || true; } >&2
 
-# Download an sdist straight from the package index: `pip download` would try to
-# build its metadata, which needs the very patches applied below.
+# The sdists of the two packages built from source, from pip's configured index (PIP_INDEX_URL,
+# pip.conf, a mirror): the venv already holds torch and setuptools, which their metadata needs.
 fetch_sdist() {  # name version filename -> path of the unpacked tree
   local name="$1" version="$2" file="$3" work="$cache/src"
   mkdir -p "$work"
   if [[ ! -f "$work/$file" ]]; then
-    "$venv/bin/python" - "$name" "$file" "$work/$file" <<'EOF'
-import re, sys, urllib.request
-name, file, dest = sys.argv[1:]
-index = urllib.request.urlopen(f"https://pypi.org/simple/{name}/").read().decode()
-urls = [u for u in re.findall(r'href="([^"]+)"', index) if u.split("#")[0].endswith("/" + file)]
-if not urls:
-    sys.exit(f"{file} is not on the package index for {name}")
-urllib.request.urlretrieve(urls[0].split("#")[0], dest)
-EOF
+    log "downloading the $name $version sdist"
+    "${pip[@]}" download -q --no-deps --no-binary :all: --no-build-isolation -d "$work" "$name==$version" 2>&1 \
+      | { grep -v 'is ignored: it is neither' || true; } >&2
+    [[ -f "$work/$file" ]] || { log "pip download did not give $file"; exit 1; }
   fi
   rm -rf "$work/${file%.tar.gz}"
   tar xzf "$work/$file" -C "$work"
   echo "$work/${file%.tar.gz}"
 }
 
+progress() {  # label: a log line with the elapsed time every POMP_PROGRESS_S (30) s until killed
+  local t0=$SECONDS nap
+  trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+  while :; do
+    sleep "${POMP_PROGRESS_S:-30}" & nap=$!
+    wait "$nap"
+    log "$1: $((SECONDS - t0)) s elapsed"
+  done
+}
+
 build_wheel() {  # wheel-glob src-dir note [env...]: build into the cache unless already there
   local glob="$1" src="$2" note="$3"; shift 3
   if ! compgen -G "$cache/$glob" >/dev/null; then
     log "building ${glob%-\*.whl} from source$note; cached in $cache afterwards"
-    env "$@" "${pip[@]}" wheel -q --no-deps --no-build-isolation -w "$cache" "$src"
+    progress "building ${glob%-\*.whl}" & local ticker=$!
+    if ! env "$@" "${pip[@]}" wheel -q --no-deps --no-build-isolation -w "$cache" "$src"; then
+      kill "$ticker"; exit 1
+    fi
+    kill "$ticker"; wait "$ticker" 2>/dev/null || true
   fi
   "${pip[@]}" install -q --no-deps --force-reinstall $(compgen -G "$cache/$glob" | head -1)
 }

@@ -10,7 +10,7 @@ from mmengine.runner import Runner
 
 from pomp_core.cli import run_tool
 from pomp_seg.checkpoint import trust_checkpoints_under
-from pomp_seg.tool_utils import base_parser, check_vocabulary, load_config
+from pomp_seg.cli import base_parser, check_config_vocabulary, config_from_args
 
 
 def main(argv=None) -> dict:
@@ -19,10 +19,10 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     if not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f"checkpoint '{args.checkpoint}' does not exist")
-    cfg = load_config(args)
+    cfg = config_from_args(args)
     cfg.load_from = args.checkpoint
     trust_checkpoints_under(os.path.dirname(os.path.abspath(args.checkpoint)))  # named by the user
-    check_vocabulary(cfg, "test_dataloader")
+    check_config_vocabulary(cfg, "test_dataloader")
     return Runner.from_cfg(cfg).test()
 
 

@@ -31,7 +31,7 @@ from pomp_det.checkpoint import DurableCheckpointer, KillPointHook
 from pomp_det.centernet import build_optimizer
 from pomp_det.data.multi_dataset import build_multi_dataset_train_loader
 from pomp_det.data.world import register_world
-from pomp_det.input_checks import check_cfg_inputs, check_gpus, load_cfg_checked
+from pomp_det.cli import check_cfg_inputs, check_gpus, load_cfg_checked
 from pomp_det.launch import ddp_kwargs, launch
 from pomp_det.vocabulary import vocabulary_for_dataset
 

@@ -18,8 +18,8 @@ from mmengine.runner import Runner
 
 from pomp_core.cli import run_tool
 from pomp_core.durable import KILL_ENV
-from pomp_seg.durable import DurableRunner, KillPointHook, checkpoint_to_resume
-from pomp_seg.tool_utils import base_parser, check_vocabulary, load_config
+from pomp_seg.checkpoint import DurableRunner, KillPointHook, checkpoint_to_resume
+from pomp_seg.cli import base_parser, check_config_vocabulary, config_from_args
 
 
 def main(argv=None) -> Runner:
@@ -28,7 +28,7 @@ def main(argv=None) -> Runner:
                         help="resume from the latest checkpoint in the work dir, or from the given one")
     parser.add_argument("--amp", action="store_true", help="automatic mixed precision")
     args = parser.parse_args(argv)
-    cfg = load_config(args)
+    cfg = config_from_args(args)
     if args.amp:
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
@@ -44,7 +44,7 @@ def main(argv=None) -> Runner:
             raise FileNotFoundError(f"--resume {args.resume} does not exist (--resume alone continues "
                                     "from the last checkpoint in the work dir, if any)")
         cfg.resume, cfg.load_from = True, args.resume
-    check_vocabulary(cfg, "val_dataloader")
+    check_config_vocabulary(cfg, "val_dataloader")
     runner = DurableRunner.from_cfg(cfg)
     if os.environ.get(KILL_ENV):  # tests stop the real process at a named point
         runner.register_hook(KillPointHook())

@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""Train the tiny CLIP shipped in pomp_core/weights/ (model config pomp-world) on the synthetic world.
+"""Train the tiny CLIP shipped in pomp_world/weights/ (model config pomp-world) on the synthetic world.
 
     .venv/bin/python tools/train_tiny_clip.py            # the shipped weights' recipe (seed 0), written
                                                          # to output/tiny_clip/pomp_world_clip.pt
     .venv/bin/python tools/train_tiny_clip.py --steps 200 --out /tmp/tiny.pt
-    .venv/bin/python tools/train_tiny_clip.py --replace-shipped   # overwrite pomp_core/weights/
+    .venv/bin/python tools/train_tiny_clip.py --replace-shipped   # overwrite pomp_world/weights/
 
 Use the result with --pretrained PATH (tools) or model.pretrained=PATH (configs).
 
-CPU only; see pomp_core/world/tiny_clip.py for the captions and the recipe.
+CPU only; see pomp_world/tiny_clip.py for the captions and the recipe.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 
 from pomp_core.cli import run_tool
 from pomp_core.log import setup_logging
-from pomp_core.world.tiny_clip import WEIGHTS, train_tiny_clip
+from pomp_world.tiny_clip import WEIGHTS, train_tiny_clip
 
 
 def main(argv=None) -> Path:

@@ -11,7 +11,7 @@ model = dict(
     type='PromptTuner',
     class_split={{_base_.data_root}},  # the folder of classes.json
     clip_model='pomp-world',
-    clip_pretrained='pomp_core/weights/pomp_world_clip.pt',
+    clip_pretrained='pomp_world/weights/pomp_world_clip.pt',
     prompt=None,  # a POMP prompt file; None = initialise from init_words
     init_words='a photo of a',
     min_crop_size=64,  # keep object size: the world CLIP reads 'small' / 'large' from pixel size

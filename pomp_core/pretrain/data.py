@@ -13,18 +13,14 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from ..durable import atomic_write_text, kill_point
+from ..images import CLIP_MEAN, CLIP_STD, is_image
 from .augment import RandAugment2
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 WNID = re.compile(r"^n\d{8}$")
 
 
@@ -168,7 +164,7 @@ def build_split_index(
     train, val, empty = [], [], []
     for label, folder in enumerate(folders):
         files = sorted(f.name for f in (root / folder).iterdir()
-                       if f.suffix.lower() in IMAGE_EXTENSIONS)
+                       if is_image(f))
         kill_point("scan")
         if not files:
             empty.append(folder)
@@ -203,7 +199,7 @@ def _separate_val(val_root: Path, folders: List[str], per_class: int,
                          f"{unknown[:5]}: point data.val_root at the validation split of data.root")
     val = []
     for folder in val_folders:
-        files = sorted(f.name for f in (val_root / folder).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(f.name for f in (val_root / folder).iterdir() if is_image(f))
         rng.shuffle(files)
         val += [(f"{folder}/{f}", label[folder]) for f in (files[:per_class] if per_class else files)]
     return val
@@ -229,65 +225,3 @@ def train_transform(size: int = 224, randaugment: str = "dassl") -> Callable:
         T.ToTensor(),
         T.Normalize(CLIP_MEAN, CLIP_STD),
     ])
-
-
-def eval_transform(size: int = 224) -> Callable:
-    """Resize the short side (bicubic), center crop, CLIP normalisation."""
-    return T.Compose([
-        T.Resize(size, interpolation=T.InterpolationMode.BICUBIC),
-        T.CenterCrop(size),
-        T.ToTensor(),
-        T.Normalize(CLIP_MEAN, CLIP_STD),
-    ])
-
-
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A seed for one sample of one epoch, whatever process or worker draws it."""
-    return ((seed * 1_000_003 + epoch) * 10_000_019 + index) % (2**63)
-
-
-class ImageListDataset(Dataset):
-    """Images of an index split, each as ``views`` augmented copies [V, 3, H, W].
-
-    The augmentation of sample i in epoch e is seeded by (seed, e, i), so it does not
-    depend on worker count, process count or where a resumed run restarted.
-    An unreadable or corrupt image yields None (counted by :func:`collate_skipping`)
-    instead of killing a long run.
-    """
-
-    def __init__(self, root: str | os.PathLike, items: Sequence[Tuple[str, int]],
-                 transform: Callable, views: int = 1, seed: int = 0) -> None:
-        self.root, self.items, self.transform, self.views = Path(root), list(items), transform, views
-        self.seed, self.epoch = seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> Optional[Tuple[torch.Tensor, int, int]]:
-        rel, label = self.items[i]
-        try:
-            with Image.open(self.root / rel) as im:
-                image = im.convert("RGB")
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-            logger.debug("skipping unreadable image %s: %s", rel, err)
-            return None
-        with torch.random.fork_rng(devices=[]):
-            # the CPU generator only: torch.manual_seed also queues CUDA seeding, which
-            # records a stack trace per call (milliseconds per sample)
-            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, i))
-            views = torch.stack([self.transform(image) for _ in range(self.views)])
-        return views, label, i
-
-
-def collate_skipping(batch: List[Optional[Tuple[torch.Tensor, int, int]]]) -> Dict[str, torch.Tensor]:
-    """Stack the readable samples; ``skipped`` counts the unreadable ones."""
-    good = [b for b in batch if b is not None]
-    out: Dict[str, torch.Tensor] = {"skipped": torch.tensor(len(batch) - len(good))}
-    if good:
-        out["images"] = torch.stack([b[0] for b in good])
-        out["labels"] = torch.tensor([b[1] for b in good])
-        out["index"] = torch.tensor([b[2] for b in good])
-    return out

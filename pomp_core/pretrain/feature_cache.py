@@ -26,8 +26,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..durable import atomic_write, fsync_file, kill_point, remove_stale_temporaries, temporary_name
+from ..images import ImageListDataset, collate_skipping, sample_seed
 from ..progress import Progress
-from .data import ImageListDataset, collate_skipping, sample_seed
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..clip_loader import load_clip
 from ..prompt import PromptLearner
-from ..text_encoder import PromptedTextEncoder, text_tower
+from ..text_encoder import PromptedTextEncoder
+from ..text_tower import text_tower
 from .config import PretrainConfig
 from .distributed import ProcessGroup
 

@@ -8,8 +8,8 @@ from typing import Iterator, List
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from .config import PretrainConfig
-from .data import (ImageListDataset, SplitIndex, build_split_index, collate_skipping, eval_transform,
-                   read_class_names, train_transform)
+from ..images import ImageListDataset, collate_skipping, eval_transform
+from .data import SplitIndex, build_split_index, read_class_names, train_transform
 from .distributed import ProcessGroup
 from .feature_cache import FeatureCacheDataset, FeatureSource, build_feature_cache
 

@@ -16,12 +16,12 @@ import torch
 
 from ..durable import atomic_write_text, kill_point
 from ..embeddings import class_embeddings
+from ..images import eval_transform
 from ..zero_shot import image_features, top1
 from . import loop
 from .checkpoint import CHECKPOINT, FORMAT, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import PretrainConfig
 from .contrast import build_contrast_batch, local_contrast_logits, local_contrast_loss, sample_negatives
-from .data import eval_transform
 from .distributed import init_process_group
 from .monitor import MetricsLog
 from .optim import build_optimizer, lr_at

@@ -11,26 +11,26 @@ same; CoOp's prompt learners finally read underscores as spaces.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from ..pretrain.data import IMAGE_EXTENSIONS
-from ..zero_shot import read_split_file
+from ..images import is_image
 
 Items = List[Tuple[str, int]]
 
 
 @dataclass
 class ClassificationSet:
-    """One evaluation split: images under ``image_root``, labels index ``classnames``."""
+    """One evaluation split: images under ``image_root``, labels index ``class_names``."""
 
     name: str
     image_root: Path
     items: Items
-    classnames: List[str]
+    class_names: List[str]
     split: str = "test"
     template: str = "a photo of a {}."  # CLIP's hand-crafted prompt for this dataset
     title: str = ""
@@ -89,6 +89,31 @@ def get_dataset(name: str) -> DatasetSpec:
         raise KeyError(f"unknown dataset '{name}': registered are {sorted(DATASETS)}, groups {sorted(GROUPS)}, "
                        "or give a CoOp-style split_*.json file")
     return spec
+
+
+def read_split_file(path: str | os.PathLike, split: str = "test") -> Tuple[List[Tuple[str, int]], List[str]]:
+    """Items of ``split`` and the class names of a CoOp-style split file
+    (``{"train": [...], "val": [...], "test": [[path, label, name], ...]}``).
+
+    Class names come from every split of the file, so a class without ``split`` items
+    still gets its classifier row (CoOp takes them from the training split).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split file '{path}' does not exist")
+    data = json.loads(path.read_text())
+    rows = data.get(split)
+    if not rows:
+        raise ValueError(f"{path} has no '{split}' items (it has {sorted(k for k, v in data.items() if v)})")
+    names: Dict[int, str] = {}
+    for part in data.values():
+        for _, label, name in part or []:
+            if names.setdefault(int(label), name) != name:
+                raise ValueError(f"{path}: label {label} is named both '{names[int(label)]}' and '{name}'")
+    missing = sorted(set(range(max(names) + 1)) - set(names))
+    if missing:
+        raise ValueError(f"{path}: labels {missing[:10]} have no items, so their class names are unknown")
+    return [(p, int(y)) for p, y, _ in rows], [names[i] for i in range(len(names))]
 
 
 def load_split_json(path: str | os.PathLike, split: str = "test", name: Optional[str] = None,
@@ -167,7 +192,7 @@ def _class_folders(spec: DatasetSpec, image_root: Path) -> List[str]:
 
 
 def _images(folder: Path) -> List[str]:
-    return sorted(f.name for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(f.name for f in folder.iterdir() if is_image(f))
 
 
 def read_wnid_folders(spec: DatasetSpec, base: Path, split: str) -> Tuple[Path, Items, List[str]]:

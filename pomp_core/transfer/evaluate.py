@@ -9,9 +9,11 @@ from typing import Callable, Dict, List, Union
 import open_clip
 from torch import nn
 
+from ..embeddings import Classifier, class_embeddings
 from ..prompt import PromptLearner
 from ..prompt_io import load_prompt
-from ..zero_shot import Classifier, text_classifier, top1
+from ..text_tower import text_tower
+from ..zero_shot import top1
 from .datasets import ClassificationSet
 from .feature_cache import FeatureCache
 
@@ -56,8 +58,6 @@ def parse_prompt(spec: str, trusted: bool = False) -> PromptSpec:
 
 
 def check_prompt_fits(prompt: PromptSpec, model: nn.Module) -> None:
-    from ..text_encoder import text_tower
-
     if isinstance(prompt.source, PromptLearner):
         width = text_tower(model).token_embedding.weight.shape[1]
         if prompt.source.width != width:
@@ -74,7 +74,7 @@ def evaluate(model: nn.Module, tokenizer: Callable, transform: Callable, dataset
     for data in datasets:
         feats, labels = cache.features(model, transform, data)
         for prompt in prompts:
-            weights = text_classifier(model, tokenizer, prompt.classifier(data), data.classnames)
+            weights = class_embeddings(model, tokenizer, prompt.classifier(data), data.class_names, allow_duplicates=True)
             results[prompt.label][data.title] = top1(feats, labels, weights)
             logger.info("%s on %s: top-1 %.2f%%", prompt.label, data.title, 100 * results[prompt.label][data.title])
     return results

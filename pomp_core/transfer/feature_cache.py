@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..durable import remove_stale_temporaries, temporary_name
+from ..durable import atomic_torch_save
 from ..zero_shot import encode_images
 from .datasets import ClassificationSet
 
@@ -121,9 +121,6 @@ class FeatureCache:
 
     @staticmethod
     def _write(path: Path, feats: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, meta: Dict) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path.parent, path.name)  # left by killed runs
-        tmp = temporary_name(path)  # unique across processes and hosts sharing the folder
-        torch.save({"features": feats.contiguous(), "labels": labels, "index": index, "meta": meta}, tmp)
-        os.replace(tmp, path)  # readers never see a half-written file
+        # readers never see a half-written file; killed runs' temporaries are removed
+        atomic_torch_save({"features": feats.contiguous(), "labels": labels, "index": index, "meta": meta}, path)
         logger.info("cached image features %s [%d x %d]", path, *feats.shape)

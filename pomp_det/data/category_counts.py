@@ -13,12 +13,13 @@ import argparse
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from pomp_core.durable import atomic_write_json
 
 logger = logging.getLogger(__name__)
 LVIS_V1_NUM_CLASSES = 1203
@@ -33,22 +34,6 @@ def category_image_counts(dataset_dicts: Iterable[dict], num_classes: int) -> to
             if 0 <= c < num_classes:
                 counts[c] += 1
     return counts
-
-
-def write_json_atomic(data, dst: str | os.PathLike) -> Path:
-    """Write ``data`` as json through a temporary file of a unique name in the same folder,
-    then rename: ranks writing the same file at once never read or leave a partial one."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, dst)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dst
 
 
 def make_cat_info(lvis_json: str | os.PathLike) -> List[Dict]:
@@ -146,7 +131,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not src.is_file():
         raise FileNotFoundError(f"'{src}' does not exist (the LVIS training json, see docs/detection.md)")
     out = Path(args.out) if args.out else src.with_name(f"{src.stem}_cat_info.json")
-    print(write_json_atomic(make_cat_info(src), out))
+    print(atomic_write_json(out, make_cat_info(src)))
 
 
 if __name__ == "__main__":

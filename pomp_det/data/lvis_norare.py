@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from .category_counts import write_json_atomic
+from pomp_core.durable import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def make_norare_json(src: str | os.PathLike, dst: Optional[str | os.PathLike] = 
     rare = {c["id"] for c in data["categories"] if c["frequency"] == "r"}
     before = len(data["annotations"])
     data["annotations"] = [a for a in data["annotations"] if a["category_id"] not in rare]
-    write_json_atomic(data, dst)  # a unique temporary name: ranks may write it at once
+    atomic_write_json(dst, data)  # a unique temporary name: ranks may write it at once
     logger.info("%s: dropped %d annotations of %d rare classes, kept %d (%d images) -> %s", src.name,
                 before - len(data["annotations"]), len(rare), len(data["annotations"]),
                 len(data["images"]), dst)

@@ -1,4 +1,4 @@
-# The synthetic world's segmentation scenes (pomp_core.world; tools/make_world.py).
+# The synthetic world's segmentation scenes (pomp_world; tools/make_world.py).
 # Training sees seen-class labels only: unseen pixels are ignored when loaded.
 custom_imports = dict(imports=['pomp_seg'], allow_failed_imports=False)
 dataset_type = 'WorldSegDataset'
