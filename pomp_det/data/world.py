@@ -58,7 +58,7 @@ def _train_json(det: Path) -> Path:
 def register_world(world_root: str | os.PathLike, prefix: str = "world") -> Dict[str, str]:
     """``<prefix>_train`` (all annotations), ``<prefix>_train_norare`` (novel = rare classes
     dropped, the open-vocabulary base split), ``<prefix>_val``, and ``<prefix>_image`` (the
-    image labels, once written by :func:`write_world_image_labels`), from a folder written by
+    image labels, read once written by :func:`write_world_image_labels`), from a folder written by
     ``write_world(..., parts=("detection",))``. Returns the dataset names."""
     det = Path(world_root) / "detection"
     ann, images = det / "annotations", det / "images"
@@ -75,9 +75,13 @@ def register_world(world_root: str | os.PathLike, prefix: str = "world") -> Dict
         register_lvis_json(names["train_norare"], ann / "world_lvis_train_norare.json", images,
                            norare_source=train)
         register_lvis_json(names["val"], ann / "world_lvis_val.json", images)
-    if names["image"] not in DatasetCatalog.list() and (ann / IMAGE_LABEL_JSON).is_file():
+    if names["image"] not in DatasetCatalog.list():
+        # registered before it is written (it is read when used): a missing file is then named
+        # with the command that writes it
         register_image_label_dataset(names["image"], ann / IMAGE_LABEL_JSON, images,
                                      thing_classes=MetadataCatalog.get(names["train"]).thing_classes)
+        MetadataCatalog.get(names["image"]).set(
+            missing_hint=f"write the world's image labels with: python -m pomp_det.data.world {world_root}")
     return names
 
 
