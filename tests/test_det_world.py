@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from frameworks import require
+from frameworks import load_tool, require
 
 require("detectron2")
 require("lvis")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))  # tools/train_net.py
 ITERS = 300
 CAT_INFO = "detection/annotations/world_lvis_train_cat_info.json"
 # Measured (docs/detection.md, seeds 1 and 2): APr 22.2 / 15.1 with the tiny CLIP's embeddings,
@@ -37,8 +36,7 @@ C2_MARGIN = 5.5  # APr points over the control, under half the smallest gap
 def train_and_eval(world: Path, variant: str, out: Path) -> dict:
     """tools/train_net.py on configs/det/world/world-base_<variant>.yaml; the box metrics of
     the final evaluation (detectron2's EvalHook writes them to metrics.json)."""
-    import train_net
-
+    train_net = load_tool("train_net")
     args = train_net.parser().parse_args([
         "--world", str(world), "--config-file", str(ROOT / f"configs/det/world/world-base_{variant}.yaml"),
         "OUTPUT_DIR", str(out), "SEED", "1", "SOLVER.MAX_ITER", str(ITERS),
@@ -109,7 +107,6 @@ def test_killed_run_requeued_with_resume_continues_and_keeps_every_checkpoint(wo
 
     import torch
 
-    import train_net
     from pomp_core.durable import KILL_ENV
     from pomp_det.checkpoint import DurableCheckpointer
 
@@ -126,6 +123,7 @@ def test_killed_run_requeued_with_resume_continues_and_keeps_every_checkpoint(wo
     assert (out / "last_checkpoint").read_text() == "model_0000003.pth"
     assert (out / "model_0000005.incomplete.pth").is_file()
 
+    train_net = load_tool("train_net")
     train_net.main(train_net.parser().parse_args(argv))
     assert "Starting training from iteration 4" in (out / "log.txt").read_text()
     assert sorted(p.name for p in out.glob("*.pth")) == [
