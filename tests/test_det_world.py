@@ -115,7 +115,8 @@ def test_killed_run_requeued_with_resume_continues_and_keeps_every_checkpoint(wo
             "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()",
             "MODEL.POMP.CACHE_DIR", str(tmp_path / "cache"),
             "MODEL.POMP.CLIP_PRETRAINED", str(ROOT / "pomp_core/weights/pomp_world_clip.pt")]
-    env = {**os.environ, KILL_ENV: "checkpoint_tmp:model_0000005", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, KILL_ENV: "checkpoint_tmp:model_0000005",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, str(ROOT / "tools/train_net.py"), *argv], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
