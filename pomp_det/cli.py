@@ -29,6 +29,7 @@ def check_gpus(num_gpus: int) -> None:
 def load_cfg_checked(config_file: str, opts: List[str], zoo_config: Optional[str] = None):
     """``load_pomp_cfg``, with yacs' assertions on bad keys and values as user errors."""
     from .cfg_loader import load_pomp_cfg
+    from .detic_keys import UnsupportedDeticKey
 
     if config_file:
         require_file(config_file, "--config-file")
@@ -36,6 +37,8 @@ def load_cfg_checked(config_file: str, opts: List[str], zoo_config: Optional[str
         return load_pomp_cfg(config_file, opts, zoo_config=zoo_config)
     except AssertionError as err:  # yacs: "Non-existent key: ...", "Override list has odd length"
         raise UserError(f"{err} (the keys are detectron2's defaults and pomp_det/config.py's)") from err
+    except UnsupportedDeticKey as err:
+        raise UserError(str(err)) from err
 
 
 def check_cfg_inputs(cfg, datasets: bool = True) -> None:
@@ -48,8 +51,9 @@ def check_cfg_inputs(cfg, datasets: bool = True) -> None:
     p = cfg.MODEL.POMP
     if p.EMBEDDINGS and p.RANDOM_EMBEDDINGS_SEED < 0:
         require_file(os.path.expanduser(p.EMBEDDINGS), "MODEL.POMP.EMBEDDINGS", EXPORT_HINT)
-    for key in ("PROMPT", "TEST_VOCABULARY"):
-        value = p.get(key, "")
+    named = [("PROMPT", p.PROMPT), ("TEST_VOCABULARY", p.TEST_VOCABULARY)]
+    named += [("TEST_VOCABULARIES", v) for v in p.TEST_VOCABULARIES]
+    for key, value in named:
         if isinstance(value, str) and value.endswith((".npy", ".pth", ".tar", ".json", ".txt")):
             require_file(value, f"MODEL.POMP.{key}", EXPORT_HINT if value.endswith(".npy") else "")
     if not datasets:
@@ -57,9 +61,10 @@ def check_cfg_inputs(cfg, datasets: bool = True) -> None:
     for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
         if name not in DatasetCatalog.list():
             raise UserError(f"dataset '{name}' is not registered (for the synthetic world, pass --world DIR)")
-        json_file = MetadataCatalog.get(name).get("json_file")
+        meta = MetadataCatalog.get(name)
+        json_file = meta.get("json_file")
         if json_file and name.endswith("_norare"):  # written from the full split on first use
             json_file = json_file.replace("_norare", "")
         if json_file:
-            require_file(json_file, f"the annotations of dataset '{name}'",
+            require_file(json_file, f"the annotations of dataset '{name}'", meta.get("missing_hint") or
                          "see docs/detection.md for the datasets/ layout (DETECTRON2_DATASETS sets its root)")

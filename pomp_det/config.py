@@ -29,11 +29,9 @@ def add_pomp_det_config(cfg: CN) -> None:
     cfg.MODEL.POMP.EMBED_DIM = 512
     cfg.MODEL.POMP.TEMPERATURE = 50.0
     # A learned scalar bias on all class logits, initialised to the prior log(p / (1 - p)) with
-    # p = 0.01 (the focal-loss prior): with sigmoid cross-entropy each class column then starts
-    # at "absent", as nearly all proposals are for nearly all classes, instead of at
-    # T x cosine (+-T / sqrt(D)), whose large positive logits dominate the first iterations.
-    # On the synthetic world (docs/detection.md) it raised novel AP from 4 to 12 in one run, so
-    # the world configs turn it on; Detic has no bias, and neither does the default.
+    # p = 0.01 (the focal-loss prior): each sigmoid column then starts at "absent", as nearly all
+    # proposals are for nearly all classes, instead of at T x cosine. Detic has none (the
+    # default); the world configs turn it on (docs/detection.md, "On the synthetic world").
     cfg.MODEL.POMP.USE_BIAS = False
     cfg.MODEL.POMP.BIAS_INIT = -4.6
     # Losses: sigmoid cross-entropy, federated over the present classes + sampled ones.
@@ -54,8 +52,11 @@ def add_pomp_det_config(cfg: CN) -> None:
     # Test score = sqrt(classification * objectness).
     cfg.MODEL.POMP.MULT_PROPOSAL_SCORE = True
     # Vocabulary at test time: "" = the training one; "dataset" = each test dataset's
-    # thing_classes (needs a prompt or CLIP source, not a fixed .npy); or an .npy / names source.
+    # thing_classes (needs a prompt or CLIP source, not a fixed .npy); or an .npy / names source
+    # (a registered dataset's name among them) ...
     cfg.MODEL.POMP.TEST_VOCABULARY = ""
+    # ... or one such source per DATASETS.TEST entry (Detic's MODEL.TEST_CLASSIFIERS)
+    cfg.MODEL.POMP.TEST_VOCABULARIES = []
     # Detic-style image labels on the top-K proposals (Detic's WS_NUM_PROPS), per label a
     # one-hot BCE on one proposal: "max_size" (the largest) or "max_score" (the label's best).
     cfg.MODEL.POMP.IMAGE_LABEL_LOSS = "max_size"
@@ -65,12 +66,19 @@ def add_pomp_det_config(cfg: CN) -> None:
     # Multi-dataset training (box-labelled + image-labelled): one entry per DATASETS.TRAIN.
     cfg.DATALOADER.MULTI_DATASET = False
     cfg.DATALOADER.DATASET_RATIO = [1, 1]  # sampling ratio between datasets
-    cfg.DATALOADER.DATASET_BATCH_SIZE = [2, 2]  # images per batch (per GPU) of each dataset
+    # Images per batch of each dataset, per process (Detic's): the global batch grows with the
+    # number of processes. The recipe's global batch is SOLVER.IMS_PER_BATCH (= DATASET_BATCH_SIZE[0]
+    # x its number of GPUs); on another number the loader warns, and SOLVER.REFERENCE_WORLD_SIZE
+    # (detectron2's) set to the recipe's scales the LR and schedule linearly instead.
+    cfg.DATALOADER.DATASET_BATCH_SIZE = [2, 2]
     cfg.DATALOADER.DATASET_ANN_TYPE = ["box", "image"]  # "box" or "image" labels
     cfg.DATALOADER.USE_RFS = [False, False]  # repeat-factor sampling within each dataset (Detic's key)
-    # Per-dataset augmentation: "resize_scale_crop" (Detic's EfficientDetResizeCrop: fit in a
-    # square of INPUT_SIZE x a scale in INPUT_SCALE, random crop) or "resize_shortest_edge"
-    # (detectron2's, MIN_SIZE / MAX_SIZE). Both then flip.
+    # Training augmentation: "resize_scale_crop" (Detic's EfficientDetResizeCrop: fit in a square
+    # of INPUT_SIZE x a scale in INPUT_SCALE, random crop) or "resize_shortest_edge" (detectron2's;
+    # per dataset DATASET_MIN_SIZE (an int, or a [lo, hi] range with MIN_SIZE_TRAIN_SAMPLING
+    # "range") / MAX_SIZE; one dataset: detectron2's mapper, MIN_SIZE_TRAIN). Both then flip.
+    # A single dataset (MULTI_DATASET False) uses entry 0 and detectron2's loader (IMS_PER_BATCH,
+    # SAMPLER_TRAIN), as Detic's BoxSup stage.
     cfg.INPUT.DATASET_AUG = "resize_shortest_edge"
     cfg.INPUT.DATASET_INPUT_SIZE = [640, 320]
     cfg.INPUT.DATASET_INPUT_SCALE = [[0.1, 2.0], [0.5, 1.5]]
@@ -80,5 +88,8 @@ def add_pomp_det_config(cfg: CN) -> None:
     # DistributedDataParallel(find_unused_parameters=...): image-label batches leave the box
     # regressor and the mask head without gradient (Detic's key and default).
     cfg.FIND_UNUSED_PARAM = True
+    # Detic's FP16: the backbone alone under autocast (CUDA), its features cast back to float;
+    # the loss is scaled (AMPTrainer). SOLVER.AMP.ENABLED (detectron2's) autocasts the whole model.
+    cfg.FP16 = False
 
     add_centernet_config(cfg)  # MODEL.CENTERNET, MODEL.TIMM, SOLVER.OPTIMIZER (pomp_det/centernet)

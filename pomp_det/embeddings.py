@@ -94,7 +94,12 @@ def vocabulary_names(source: str, dataset: Optional[str] = None) -> List[str]:
         return pomp_core.load_vocabulary(source)
     if not dataset:
         raise ValueError("no vocabulary: set MODEL.POMP.VOCABULARY or DATASETS.TRAIN")
-    names = MetadataCatalog.get(dataset).get("thing_classes")
+    meta = MetadataCatalog.get(dataset)
+    names = meta.get("thing_classes")
+    if not names and meta.get("json_file"):
+        # a COCO-format dataset sets thing_classes when loaded: its json's categories, in id
+        # order as detectron2's loader, without loading the images' records
+        return pomp_core.load_vocabulary(meta.json_file)
     if not names:
         raise ValueError(f"dataset '{dataset}' has no thing_classes in its metadata; set "
                          "MODEL.POMP.VOCABULARY to a names file or an annotation json")

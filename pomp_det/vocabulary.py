@@ -6,9 +6,9 @@ import logging
 from typing import Iterator, List, Optional
 
 import torch
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import MetadataCatalog
 
-from .embeddings import BUILTIN_VOCABULARIES, embeddings_from_config, load_embedding_file, vocabulary_names
+from .embeddings import embeddings_from_config, load_embedding_file, vocabulary_names
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +34,7 @@ def set_vocabulary(model: torch.nn.Module, cfg, source: str) -> Optional[List[st
     if str(source).endswith(".npy"):
         emb = load_embedding_file(source)
     else:
-        dataset = BUILTIN_VOCABULARIES.get(source, source)
-        if dataset in DatasetCatalog.list():
-            names = vocabulary_names("", dataset)
-        else:
-            names = vocabulary_names(source)
+        names = vocabulary_names(source)
         p = cfg.MODEL.POMP
         if p.EMBEDDINGS and not (p.PROMPT or p.PROMPT_WORDS) and p.RANDOM_EMBEDDINGS_SEED < 0:
             raise ValueError(
@@ -82,15 +78,27 @@ def check_dataset_vocabulary(model: torch.nn.Module, dataset: str) -> None:
             f".npy for '{dataset}'), or evaluate on a dataset of the training vocabulary")
 
 
+def eval_vocabulary(cfg, dataset: str) -> str:
+    """MODEL.POMP.TEST_VOCABULARIES' entry for ``dataset`` (one per DATASETS.TEST), else
+    MODEL.POMP.TEST_VOCABULARY."""
+    per, tests = list(cfg.MODEL.POMP.TEST_VOCABULARIES), list(cfg.DATASETS.TEST)
+    if not per:
+        return cfg.MODEL.POMP.TEST_VOCABULARY
+    if len(per) != len(tests):
+        raise ValueError(f"MODEL.POMP.TEST_VOCABULARIES has {len(per)} entries for {len(tests)} DATASETS.TEST "
+                         f"{tests}: give one per test dataset")
+    return per[tests.index(dataset)]
+
+
 @contextlib.contextmanager
 def vocabulary_for_dataset(model: torch.nn.Module, cfg, dataset: str) -> Iterator[None]:
-    """Within the block the model classifies ``dataset``'s classes per MODEL.POMP.TEST_VOCABULARY
+    """Within the block the model classifies ``dataset``'s classes per :func:`eval_vocabulary`
     ("" = keep the training vocabulary, "dataset" = the dataset's own classes, else a
     names/.npy source), checked against the dataset; the training vocabulary comes back after."""
     heads = _roi_heads(model)
     predictor = heads._predictors()[0]
     saved = (predictor.cls_score.embeddings.clone(), predictor.fed_loss_weight.clone())
-    source = cfg.MODEL.POMP.TEST_VOCABULARY
+    source = eval_vocabulary(cfg, dataset)
     try:
         if source:
             set_vocabulary(model, cfg, dataset if source == "dataset" else source)

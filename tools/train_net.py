@@ -6,6 +6,7 @@
     python tools/train_net.py --zoo-config COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml \
         --config-file configs/det/Base-POMP.yaml MODEL.POMP.EMBEDDINGS coco_pomp.npy
 
+``--config-file`` also takes Detic's own configs (their keys read as ours, pomp_det/detic_keys.py).
 ``--num-gpus N`` without CUDA starts N CPU processes (gloo backend). ``--zoo-config NAME``
 starts from a detectron2 model-zoo config (configs may also say ``_BASE_: "zoo:NAME"``);
 ``--world DIR`` registers a synthetic world's datasets. ``--resume`` continues from the last
@@ -14,74 +15,19 @@ from MODEL.WEIGHTS with a warning, as detectron2 does.
 """
 import logging
 import os
-import weakref
-from collections import OrderedDict
 
 import detectron2.utils.comm as comm
-from detectron2.data import MetadataCatalog
-from detectron2.engine import (AMPTrainer, DefaultTrainer, SimpleTrainer, create_ddp_model,
-                               default_argument_parser, default_setup)
-from detectron2.engine.train_loop import TrainerBase
-from detectron2.evaluation import COCOEvaluator, LVISEvaluator, verify_results
+from detectron2.engine import default_argument_parser, default_setup
+from detectron2.evaluation import verify_results
 
 import pomp_det
 from pomp_core.cli import run_tool
 from pomp_core.durable import KILL_ENV
 from pomp_det.checkpoint import DurableCheckpointer, KillPointHook
-from pomp_det.centernet import build_optimizer
-from pomp_det.data.multi_dataset import build_multi_dataset_train_loader
 from pomp_det.data.world import register_world
+from pomp_det.engine import Trainer
 from pomp_det.cli import check_cfg_inputs, check_gpus, load_cfg_checked
-from pomp_det.launch import ddp_kwargs, launch
-from pomp_det.vocabulary import vocabulary_for_dataset
-
-
-class Trainer(DefaultTrainer):
-    def __init__(self, cfg):
-        # DefaultTrainer.__init__, but the model is wrapped with ddp_kwargs(cfg): unused
-        # parameters allowed (image-label batches) and CPU processes (gloo) supported
-        TrainerBase.__init__(self)
-        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        model = create_ddp_model(model, **ddp_kwargs(cfg))
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        # checkpoints renamed once whole, an atomic last_checkpoint (pomp_det/checkpoint.py)
-        self.checkpointer = DurableCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter, self.max_iter, self.cfg = 0, cfg.SOLVER.MAX_ITER, cfg
-        self.register_hooks(self.build_hooks())
-
-    @classmethod
-    def build_optimizer(cls, cfg, model):
-        return build_optimizer(cfg, model)  # SOLVER.OPTIMIZER: SGD (detectron2's) or ADAMW
-
-    @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        if MetadataCatalog.get(dataset_name).get("evaluator_type") == "lvis":
-            return LVISEvaluator(dataset_name, output_dir=output_folder)
-        # the pure-Python COCOeval: detectron2 here has no C++ extension
-        return COCOEvaluator(dataset_name, output_dir=output_folder, use_fast_impl=False)
-
-    @classmethod
-    def build_train_loader(cls, cfg):
-        if cfg.DATALOADER.MULTI_DATASET:
-            return build_multi_dataset_train_loader(cfg)
-        return super().build_train_loader(cfg)
-
-    @classmethod
-    def test(cls, cfg, model, evaluators=None):
-        # one dataset at a time: each may need its own vocabulary (MODEL.POMP.TEST_VOCABULARY)
-        results = OrderedDict()
-        for name in cfg.DATASETS.TEST:
-            one = cfg.clone()
-            one.defrost()
-            one.DATASETS.TEST = (name,)
-            with vocabulary_for_dataset(model, cfg, name):
-                results[name] = super().test(one, model)
-        return results if len(results) != 1 else results[name]
+from pomp_det.launch import launch
 
 
 def setup(args):

@@ -192,8 +192,9 @@ class CenterNet(nn.Module):
         t = int(not self.training)
         per_image: List[List[Tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in image_sizes]
         for grid, heat, reg, s in zip(grids, heatmaps, regs, self.strides):
-            scores = heat.sigmoid().flatten(1)  # [N, HW]
-            dist = reg.flatten(2).permute(0, 2, 1) * s  # [N, HW, 4] pixels
+            # in float32: in half a score near 1 rounds to 1 and its logit below is inf
+            scores = heat.float().sigmoid().flatten(1)  # [N, HW]
+            dist = reg.float().flatten(2).permute(0, 2, 1) * s  # [N, HW, 4] pixels
             for i in range(len(image_sizes)):
                 keep = (scores[i] > self.score_thresh).nonzero().squeeze(1)
                 sc = scores[i, keep]

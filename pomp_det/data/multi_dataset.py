@@ -4,6 +4,7 @@ augmentation; datasets drawn by ratio, images within a dataset optionally by rep
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import operator
 from collections import defaultdict
@@ -15,6 +16,8 @@ from detectron2.data import transforms as T
 from detectron2.data.build import get_detection_dataset_dicts, worker_init_reset_seed
 from detectron2.data.samplers import RepeatFactorTrainingSampler
 from detectron2.utils import comm
+
+logger = logging.getLogger(__name__)
 
 
 class MultiDatasetSampler(torch.utils.data.Sampler):
@@ -83,19 +86,38 @@ def dataset_augmentations(cfg, d: int) -> List[T.Augmentation]:
     """The training augmentation of dataset ``d``: INPUT.DATASET_AUG ``resize_scale_crop``
     (Detic's EfficientDetResizeCrop: fit in a square of INPUT_SIZE x a scale drawn from
     INPUT_SCALE, then a random crop of that square) or ``resize_shortest_edge``
-    (INPUT.DATASET_MIN_SIZE / MAX_SIZE); then a horizontal flip."""
+    (INPUT.DATASET_MIN_SIZE / MAX_SIZE, sampled as INPUT.MIN_SIZE_TRAIN_SAMPLING); then a
+    horizontal flip."""
     aug = cfg.INPUT.DATASET_AUG
     if aug == "resize_scale_crop":
         size, (lo, hi) = cfg.INPUT.DATASET_INPUT_SIZE[d], cfg.INPUT.DATASET_INPUT_SCALE[d]
         return [T.ResizeScale(lo, hi, size, size), T.FixedSizeCrop((size, size), pad=False), T.RandomFlip()]
     if aug == "resize_shortest_edge":
-        return [T.ResizeShortestEdge(cfg.INPUT.DATASET_MIN_SIZE[d], cfg.INPUT.DATASET_MAX_SIZE[d], "choice"),
-                T.RandomFlip()]
+        return [T.ResizeShortestEdge(cfg.INPUT.DATASET_MIN_SIZE[d], cfg.INPUT.DATASET_MAX_SIZE[d],
+                                     cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING), T.RandomFlip()]
     raise ValueError(f"INPUT.DATASET_AUG is '{aug}': use resize_scale_crop (Detic's) or resize_shortest_edge")
+
+
+def batch_size_note(cfg, world_size: int) -> str:
+    """Why the global batch differs from the recipe's, or "": DATALOADER.DATASET_BATCH_SIZE is
+    per process (Detic's), and the recipe's SOLVER.IMS_PER_BATCH = DATASET_BATCH_SIZE[0] x its
+    number of processes."""
+    per = list(cfg.DATALOADER.DATASET_BATCH_SIZE)
+    recipe = cfg.SOLVER.IMS_PER_BATCH / per[0]
+    if recipe == world_size:
+        return ""
+    batches = " / ".join(f"{world_size * b} ({t})" for b, t in zip(per, cfg.DATALOADER.DATASET_ANN_TYPE))
+    return (f"DATALOADER.DATASET_BATCH_SIZE {per} is per process: the recipe's global batch "
+            f"(SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH}) is {per[0]} x {recipe:g} processes; with "
+            f"{world_size} it is {batches} images at the recipe's learning rate. To scale the LR and "
+            f"schedule linearly instead, set SOLVER.REFERENCE_WORLD_SIZE {recipe:g} (docs/detection.md)")
 
 
 def build_multi_dataset_train_loader(cfg) -> GroupedByDataset:
     """The loader for DATASETS.TRAIN with DATALOADER.DATASET_* and INPUT.DATASET_* per dataset."""
+    note = batch_size_note(cfg, comm.get_world_size())
+    if note:
+        logger.warning(note)
     names = list(cfg.DATASETS.TRAIN)
     per = {k: list(v) for k, v in (("DATALOADER.DATASET_RATIO", cfg.DATALOADER.DATASET_RATIO),
                                      ("DATALOADER.DATASET_BATCH_SIZE", cfg.DATALOADER.DATASET_BATCH_SIZE),

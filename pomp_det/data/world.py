@@ -37,7 +37,11 @@ def register_world(world_root: str | os.PathLike, prefix: str = "world") -> Dict
         register_lvis_json(names["train_norare"], ann / "world_lvis_train_norare.json", images,
                            norare_source=train)
         register_lvis_json(names["val"], ann / "world_lvis_val.json", images)
-    if names["image"] not in DatasetCatalog.list() and (ann / IMAGE_LABEL_JSON).is_file():
+    if names["image"] not in DatasetCatalog.list():
+        # registered before it is written (it is read when used): a missing file is then named
+        # with the command that writes it
         register_image_label_dataset(names["image"], ann / IMAGE_LABEL_JSON, images,
                                      thing_classes=MetadataCatalog.get(names["train"]).thing_classes)
+        MetadataCatalog.get(names["image"]).set(
+            missing_hint=f"write the world's image labels with: python -m pomp_world.image_labels {world_root}")
     return names

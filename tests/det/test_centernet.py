@@ -295,8 +295,11 @@ def test_boxsup_stage_builds_detics_model_and_trains(boxsup):
     assert type(model.roi_heads).__name__ == "PompCascadeROIHeads" and len(model.roi_heads.box_predictor) == 3
     assert model.backbone.output_shape().keys() == {"p3", "p4", "p5", "p6", "p7"}
     assert cfg.SOLVER.OPTIMIZER == "ADAMW" and cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupCosineLR"
-    assert cfg.SOLVER.IMS_PER_BATCH == 64 and cfg.INPUT.DATASET_INPUT_SIZE == [640]
-    assert cfg.INPUT.DATASET_AUG == "resize_scale_crop" and cfg.INPUT.DATASET_INPUT_SCALE == [[0.1, 2.0]]
+    # detectron2's loader (a global batch of 64, repeat factors), Detic's 640-px resize-and-crop
+    assert cfg.SOLVER.IMS_PER_BATCH == 64 and not cfg.DATALOADER.MULTI_DATASET
+    assert cfg.DATALOADER.SAMPLER_TRAIN == "RepeatFactorTrainingSampler"
+    assert cfg.INPUT.DATASET_AUG == "resize_scale_crop" and cfg.INPUT.DATASET_INPUT_SIZE[0] == 640
+    assert cfg.INPUT.DATASET_INPUT_SCALE[0] == [0.1, 2.0]
     assert {"loss_centernet_agn_pos", "loss_centernet_loc", "loss_cls_stage2", "loss_mask"} <= set(losses)
     assert all(torch.isfinite(v) for v in losses.values()), losses
     model.eval()

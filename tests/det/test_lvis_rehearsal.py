@@ -5,14 +5,13 @@ detectron2 expects under ./datasets. The documented commands run with the tiny C
 tiny backbone in place of ViT-B/16 and R-50; LVISEvaluator reports APr and box and mask AP,
 and the cross-dataset config evaluates on a COCO-format set with COCO's 80 names."""
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.frameworks import require
+from tests.tool_scripts import load_tool
 
 require("detectron2")
 require("lvis")
@@ -20,7 +19,6 @@ from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES  # noqa: E402
 from detectron2.data.datasets.lvis_v1_categories import LVIS_CATEGORIES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
 CLIP = str(ROOT / "pomp_world/weights/pomp_world_clip.pt")
 SIZE = 64
 # LVIS ids drawn by the scenes: two rare, two common, two frequent
@@ -104,8 +102,7 @@ TINY = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "MODEL.BACKBONE.NAME", "buil
 
 
 def test_documented_lvis_steps_at_tiny_scale(lvis_root, monkeypatch):
-    import export_embeddings
-    import train_net
+    export_embeddings, train_net = load_tool("export_embeddings"), load_tool("train_net")
     from pomp_det.data import category_counts, lvis_norare
 
     monkeypatch.chdir(lvis_root)  # detectron2's builtin datasets resolve ./datasets

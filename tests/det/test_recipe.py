@@ -209,8 +209,9 @@ def test_detic_config_keys_are_read_as_ours_or_refused(tmp_path):
     assert cfg.DATALOADER.SAMPLER_TRAIN == "TrainingSampler"  # detectron2's own loader is not asked for it
     cfg = pomp_det.load_pomp_cfg("", ["DATALOADER.DATASET_INPUT_SCALE", "[[0.2, 2.0], [0.5, 1.5]]"])
     assert cfg.INPUT.DATASET_INPUT_SCALE[0] == [0.2, 2.0]
-    with pytest.raises(ValueError, match="CUSTOM_AUG.*DATASET_AUG"):
-        pomp_det.load_pomp_cfg("", ["INPUT.CUSTOM_AUG", "EfficientDetResizeCrop"])
+    assert pomp_det.load_pomp_cfg("", ["INPUT.CUSTOM_AUG", "EfficientDetResizeCrop"]).INPUT.DATASET_AUG == "resize_scale_crop"
+    with pytest.raises(ValueError, match="CUSTOM_AUG DETR.*CenterNet"):
+        pomp_det.load_pomp_cfg("", ["INPUT.CUSTOM_AUG", "DETR"])
     with pytest.raises(ValueError, match="USE_ZEROSHOT_CLS False"):
         pomp_det.load_pomp_cfg("", ["MODEL.ROI_BOX_HEAD.USE_ZEROSHOT_CLS", "False"])
 

@@ -14,13 +14,13 @@ import pytest
 
 from pomp_core.durable import atomic_write_json
 from tests.frameworks import require
+from tests.tool_scripts import load_tool
 
 require("detectron2")
 require("lvis")
 pytestmark = pytest.mark.slow  # four detector trainings and a killed-and-resumed one
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))  # tools/train_net.py
 ITERS = 300
 CAT_INFO = "detection/annotations/world_lvis_train_cat_info.json"
 # Thresholds: under half the lowest APr measured and under half the smallest gap to the control
@@ -35,8 +35,7 @@ C2_MARGIN = 5.5  # APr points over the control
 def train_and_eval(world: Path, variant: str, out: Path) -> dict:
     """tools/train_net.py on configs/det/world/world-base_<variant>.yaml; the box metrics of
     the final evaluation (detectron2's EvalHook writes them to metrics.json)."""
-    import train_net
-
+    train_net = load_tool("train_net")
     args = train_net.parser().parse_args([
         "--world", str(world), "--config-file", str(ROOT / f"configs/det/world/world-base_{variant}.yaml"),
         "OUTPUT_DIR", str(out), "SEED", "1", "SOLVER.MAX_ITER", str(ITERS),
@@ -107,7 +106,6 @@ def test_killed_run_requeued_with_resume_continues_and_keeps_every_checkpoint(wo
 
     import torch
 
-    import train_net
     from pomp_core.durable import KILL_ENV
     from pomp_det.checkpoint import DurableCheckpointer
 
@@ -116,7 +114,8 @@ def test_killed_run_requeued_with_resume_continues_and_keeps_every_checkpoint(wo
             "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()",
             "MODEL.POMP.CACHE_DIR", str(tmp_path / "cache"),
             "MODEL.POMP.CLIP_PRETRAINED", str(ROOT / "pomp_world/weights/pomp_world_clip.pt")]
-    env = {**os.environ, KILL_ENV: "checkpoint_tmp:model_0000005", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, KILL_ENV: "checkpoint_tmp:model_0000005",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, str(ROOT / "tools/train_net.py"), *argv], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
@@ -124,6 +123,7 @@ def test_killed_run_requeued_with_resume_continues_and_keeps_every_checkpoint(wo
     assert (out / "last_checkpoint").read_text() == "model_0000003.pth"
     assert (out / "model_0000005.incomplete.pth").is_file()
 
+    train_net = load_tool("train_net")
     train_net.main(train_net.parser().parse_args(argv))
     assert "Starting training from iteration 4" in (out / "log.txt").read_text()
     assert sorted(p.name for p in out.glob("*.pth")) == [
