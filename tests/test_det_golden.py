@@ -219,3 +219,53 @@ def test_perturbation_is_detected(converted, name):
     else:
         bad = mismatches(our_losses(model, part), golden_losses(part))
     assert bad, f"{name}: the golden comparison did not notice"
+
+
+def test_release_sequence_on_the_golden_fixture(converted, tmp_path):
+    """docs/detection.md's sequence for a released Detic / POMP checkpoint: convert (above), then
+    tools/demo_det.py with a custom vocabulary (an .npy: Detic's demo swaps it in with
+    reset_cls_test) on a golden image, with the converted weights as MODEL.WEIGHTS; it finds the
+    detections Detic's code finds above the confidence."""
+    import cv2
+    import runpy
+
+    demo = runpy.run_path(str(ROOT / "tools/demo_det.py"))  # in this process: the golden timm arch is registered
+    scores = GOLDEN["outputs"]["custom.img0.scores"]
+    confidence = float(scores[4] + scores[5]) / 2  # between Detic's 5th and 6th detection
+    args = ["--config-file", CONFIG, "--input", str(FIXTURE / "image_a.png"), "--output", str(tmp_path / "out"),
+            "--vocabulary", str(FIXTURE / "custom_vocabulary.npy"), "--confidence", str(confidence),
+            *OPTS, "MODEL.WEIGHTS", str(converted["model"])]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        demo["main"](args)
+    assert f"image_a.png: {int((scores > confidence).sum())} detections" in printed.getvalue()
+    assert int((scores > confidence).sum()) == 5
+    drawn = cv2.imread(str(tmp_path / "out" / "image_a.png"))
+    assert drawn.shape == cv2.imread(str(FIXTURE / "image_a.png")).shape
+
+
+def report() -> None:
+    """Print the golden figures: the max abs difference of each kind of output and loss."""
+    import tempfile
+
+    from pomp_det import detic_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {"model": Path(tmp) / "model.pth", "embeddings": Path(tmp) / "embeddings.npy"}
+        with contextlib.redirect_stdout(io.StringIO()):
+            detic_checkpoint.main([str(FIXTURE / "detic_model.pth"), "--out", str(paths["model"]), "--embeddings-out",
+                                   str(paths["embeddings"]), "--config-file", CONFIG, *OPTS])
+        cfg, model = build_ours(paths)
+        diffs = differences(our_outputs(cfg, model), golden_outputs())
+        for kind in ("box", "image"):
+            diffs.update({f"{k}.{kind}": d for k, d in
+                          differences(our_losses(model, kind), golden_losses(kind)).items()})
+    worst: Dict[str, float] = {}
+    for key, d in diffs.items():
+        name = "loss " + key.split(".")[1] if key.startswith("loss") else re.sub(r"^(custom\.)?img\d\.", "", key)
+        worst[name] = max(worst.get(name, 0.0), d)
+    for name, d in sorted(worst.items()):
+        print(f"{name:40s} {d:.3g}")
+
+
+if __name__ == "__main__":
+    report()

@@ -207,8 +207,10 @@ def detic_cfg(root: Path, out: Path, extra: List = ()):
 
 
 def run_inference(model, inputs) -> Dict[str, torch.Tensor]:
-    """Proposals, per-stage probabilities and final detections (before pasting) per image."""
-    record: Dict[str, list] = {"proposals": [], "stages": []}
+    """Per image, one image per batch as Detic's test loader runs (in a batch, padding to the
+    largest image changes the features and proposals): the proposals, each stage's
+    probabilities and the final detections (before pasting)."""
+    record: Dict[str, list] = {}
     gen = model.proposal_generator
     gen_forward = gen.forward
 
@@ -219,7 +221,7 @@ def run_inference(model, inputs) -> Dict[str, torch.Tensor]:
 
     gen.forward = proposals_hook
     wrapped = []
-    for k, predictor in enumerate(model.roi_heads.box_predictor):
+    for predictor in model.roi_heads.box_predictor:
         orig = predictor.predict_probs
         wrapped.append((predictor, orig))
 
@@ -228,25 +230,26 @@ def run_inference(model, inputs) -> Dict[str, torch.Tensor]:
             record["stages"].append([o.clone() for o in out])
             return out
         predictor.predict_probs = probs_hook
+    out: Dict[str, torch.Tensor] = {}
     try:
-        with torch.no_grad():
-            results = model.inference(inputs, do_postprocess=False)
+        for i, inp in enumerate(inputs):
+            record.update(proposals=[], stages=[])
+            with torch.no_grad():
+                res = model.inference([inp], do_postprocess=False)[0]
+            boxes, scores = record["proposals"][0]
+            out[f"img{i}.input_size"] = torch.tensor(inp["image"].shape[-2:])
+            out[f"img{i}.proposal_boxes"] = boxes
+            out[f"img{i}.proposal_scores"] = scores  # CenterNet2's: sqrt(heatmap), a probability
+            for k, stage in enumerate(record["stages"]):
+                out[f"img{i}.stage{k}_probs"] = stage[0]
+            out[f"img{i}.boxes"] = res.pred_boxes.tensor
+            out[f"img{i}.scores"] = res.scores
+            out[f"img{i}.classes"] = res.pred_classes
+            out[f"img{i}.masks_top{MASK_TOPK}"] = res.pred_masks[:MASK_TOPK, 0]
     finally:
         gen.forward = gen_forward
         for predictor, orig in wrapped:
             predictor.predict_probs = orig
-    out: Dict[str, torch.Tensor] = {}
-    for i, (inp, res) in enumerate(zip(inputs, results)):
-        boxes, scores = record["proposals"][i]
-        out[f"img{i}.input_size"] = torch.tensor(inp["image"].shape[-2:])
-        out[f"img{i}.proposal_boxes"] = boxes
-        out[f"img{i}.proposal_scores"] = scores  # CenterNet2's: sqrt(heatmap), a probability
-        for k, stage in enumerate(record["stages"]):
-            out[f"img{i}.stage{k}_probs"] = stage[i]
-        out[f"img{i}.boxes"] = res.pred_boxes.tensor
-        out[f"img{i}.scores"] = res.scores
-        out[f"img{i}.classes"] = res.pred_classes
-        out[f"img{i}.masks_top{MASK_TOPK}"] = res.pred_masks[:MASK_TOPK, 0]
     return out
 
 
