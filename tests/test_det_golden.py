@@ -21,6 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "golden" / "detic"
 CONFIG = str(ROOT / "configs/det/centernet2/Detic_LbaseI_pomp_R5021k_640b64_4x_ft4x_max-size.yaml")
+BOXSUP_CONFIG = str(ROOT / "configs/det/centernet2/BoxSup-C2_Lbase_pomp_R5021k_640b64_4x.yaml")
 TIMM_NAME = "resnet_detic_golden"
 # max abs difference allowed, by output kind (the issue's: boxes to 1e-3 px, scores to 1e-5)
 TOL = {"boxes": 1e-3, "scores": 1e-5, "probs": 1e-5, "masks": 1e-5, "classes": 0, "input_size": 0, "loss": 1e-5}
@@ -129,12 +130,12 @@ def converted(tmp_path_factory) -> Dict[str, Path]:
     return {"model": out / "model.pth", "embeddings": out / "embeddings.npy", "printed": printed.getvalue()}
 
 
-def build_ours(converted, extra=()):
+def build_ours(converted, extra=(), config=CONFIG):
     from detectron2.modeling import build_model
 
     from pomp_det import load_pomp_cfg
 
-    cfg = load_pomp_cfg(CONFIG, [*OPTS, "MODEL.POMP.EMBEDDINGS", str(converted["embeddings"]), *extra])
+    cfg = load_pomp_cfg(config, [*OPTS, "MODEL.POMP.EMBEDDINGS", str(converted["embeddings"]), *extra])
     model = build_model(cfg)
     model.load_state_dict(torch.load(converted["model"], weights_only=True)["model"], strict=True)
     return cfg, model.eval()
@@ -182,6 +183,19 @@ def test_losses_match_detic(converted, kind):
     ours, golden = our_losses(model, kind), golden_losses(kind)
     assert sorted(ours) == sorted(golden)
     bad = mismatches(ours, golden)
+    assert not bad, bad
+
+
+def test_boxsup_stage_matches_detic(converted):
+    """The first stage's config (Detic's BoxSup-C2_Lbase: box labels only) on the same weights:
+    Detic's detections and box-batch losses; ours also logs the image-label keys, as zeros."""
+    cfg, model = build_ours(converted, config=BOXSUP_CONFIG)
+    bad = mismatches(our_outputs(cfg, model), golden_outputs())
+    ours, golden = our_losses(model, "box"), golden_losses("boxsup_box")
+    extra = sorted(set(ours) - set(golden))
+    assert extra == [f"loss.loss_image_label_stage{k}" for k in range(3)]
+    assert all(float(ours[k]) == 0 for k in extra)
+    bad += mismatches(ours, golden)
     assert not bad, bad
 
 

@@ -5,8 +5,10 @@ What it builds: Detic's ``Detic_LbaseI_CLIP_R5021k_640b64_4x_ft4x_max-size`` mod
 Detic's config file, with Detic's and CenterNet2's code on detectron2 0.6 (CPU): a timm
 ResNet (Bottleneck blocks) + FPN P3-P7, CenterNet2 proposals, the 3-stage cascade with the
 zero-shot classifier, the class-agnostic mask head: the real topology and key names, at
-reduced widths and depth (``ARCH`` and ``WIDTH_OPTS`` below; the recipe settings are Detic's),
-with random weights drawn from a fixed seed. It writes:
+reduced widths and depth (``ARCH`` and ``WIDTH_OPTS`` below), with random weights drawn from a
+fixed seed. Every recipe setting is Detic's; besides the widths only these are set: MODEL.DEVICE
+cpu, FP16 False (Detic autocasts the backbone in training only, and only on CUDA), MODEL.WEIGHTS
+"" and the fixture's embedding and category-info files. It writes:
 
 - ``detic_model.pth``: the state dict in Detic's checkpoint layout (``{"model": ...}``);
 - ``image_a.png`` (97 x 131) and ``image_b.png`` (150 x 64): two images of different
@@ -22,7 +24,8 @@ with random weights drawn from a fixed seed. It writes:
   28 x 28 mask probabilities of the 50 best detections (before pasting), the detections with
   the custom vocabulary; the losses of the two training batches under fixed torch seeds
   (CenterNet, federated sigmoid CE with the classes drawn from that seed, box regression, mask,
-  the max-size image-label loss per stage);
+  the max-size image-label loss per stage) and, with Detic's ``BoxSup-C2_Lbase_CLIP_R5021k_640b64_4x`` (the first stage: box labels
+  only) on the same weights, the losses of the box batch (``boxsup_box``);
 - ``meta.json``: the architecture, the config overrides and the seeds.
 
 Run it by hand where checkouts of facebookresearch/Detic and of xingyizhou/CenterNet2 at the
@@ -59,6 +62,7 @@ import torch
 
 OUT = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "detic"
 CONFIG = "configs/Detic_LbaseI_CLIP_R5021k_640b64_4x_ft4x_max-size.yaml"
+BOXSUP_CONFIG = "configs/BoxSup-C2_Lbase_CLIP_R5021k_640b64_4x.yaml"  # its first stage: box labels only
 SEED = 20260
 LOSS_SEEDS = {"box": 11, "image": 12}
 NUM_CLASSES, EMBED_DIM = 64, 48  # 48: the shipped tiny CLIP's width, so the demo can encode names
@@ -189,7 +193,7 @@ def _patch_for_this_stack(root: Path) -> None:
     detic_timm.create_timm_resnet = create_timm_resnet
 
 
-def detic_cfg(root: Path, out: Path, extra: List = ()):
+def detic_cfg(root: Path, out: Path, config: str = CONFIG):
     from centernet.config import add_centernet_config
     from detectron2.config import get_cfg
     from detic.config import add_detic_config
@@ -197,11 +201,11 @@ def detic_cfg(root: Path, out: Path, extra: List = ()):
     cfg = get_cfg()
     add_centernet_config(cfg)
     add_detic_config(cfg)
-    cfg.merge_from_file(str(root / CONFIG))
+    cfg.merge_from_file(str(root / config))
     cfg.merge_from_list([str(v) if not isinstance(v, str) else v for v in
                          [*WIDTH_OPTS, "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "FP16", False,
                           "MODEL.ROI_BOX_HEAD.ZEROSHOT_WEIGHT_PATH", str(out / "class_embeddings.npy"),
-                          "MODEL.ROI_BOX_HEAD.CAT_FREQ_PATH", str(out / "cat_info.json"), *extra]])
+                          "MODEL.ROI_BOX_HEAD.CAT_FREQ_PATH", str(out / "cat_info.json")]])
     cfg.freeze()
     return cfg
 
@@ -308,6 +312,10 @@ def main(argv=None) -> None:
     inputs = test_inputs(cfg, out)
     outputs = run_inference(model, inputs)
     losses = {kind: run_losses(model, load_batch(spec, out), LOSS_SEEDS[kind]) for kind, spec in batches.items()}
+    # the BoxSup stage's model (no image labels) on the same weights: the box batch's losses
+    boxsup = build_model(detic_cfg(root, out, BOXSUP_CONFIG))
+    boxsup.load_state_dict(model.state_dict())
+    losses["boxsup_box"] = run_losses(boxsup.eval(), load_batch(batches["box"], out), LOSS_SEEDS["box"])
     # Detic's demo with a custom vocabulary: reset_cls_test, the same detector, other classes
     reset_cls_test(model, str(out / "custom_vocabulary.npy"), 3)
     custom = run_inference(model, inputs)
