@@ -5,8 +5,9 @@
     python -m pomp_det.detic_checkpoint Detic_LbaseI_CLIP_R5021k_640b64_4x_ft4x_max-size.pth \
         --out models/detic_c2_r50_pomp.pth --embeddings-out datasets/metadata/lvis_v1_detic.npy
 
-writes a detectron2 checkpoint for ``MODEL.WEIGHTS`` and Detic's own class embeddings
-(its ``zs_weight``, [C, D]) for ``MODEL.POMP.EMBEDDINGS``; a POMP ``.npy`` goes in their place.
+writes a detectron2 checkpoint for ``MODEL.WEIGHTS`` and the checkpoint's own class embeddings
+(its ``zs_weight``, [C, D], float32 as Detic keeps them) for ``MODEL.POMP.EMBEDDINGS``; another
+``.npy`` (a POMP export, another vocabulary) goes in their place.
 """
 from __future__ import annotations
 
@@ -147,7 +148,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     converted, report = convert(state, build_model(cfg))
     torch.save({"model": converted}, args.out)
     if args.embeddings_out:
-        np.save(args.embeddings_out, emb.numpy().astype(np.float16))
+        # float32, as Detic keeps its zs_weight: float16 rows move the logits by ~1e-3
+        np.save(args.embeddings_out, emb.numpy().astype(np.float32))
     print(report.summary())
     print(f"wrote {args.out}" + (f" and {args.embeddings_out} ({tuple(emb.shape)})" if args.embeddings_out else ""))
 

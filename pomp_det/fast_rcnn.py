@@ -30,7 +30,9 @@ def federated_classes(gt_classes: torch.Tensor, num_sample: int, weight: torch.T
     num_classes = weight.numel()
     appeared = torch.unique(gt_classes)
     present = appeared[(appeared >= 0) & (appeared < num_classes)]
-    prob = weight.float().clone()
+    # over C + 1 columns, background at 0, as Detic draws: the same seed then draws the same
+    # classes (multinomial consumes one random number per column)
+    prob = torch.cat([weight.float(), weight.new_zeros(1, dtype=torch.float)])
     prob[present] = 0
     n_extra = min(num_sample - appeared.numel(), int((prob > 0).sum()))
     if n_extra <= 0:
