@@ -15,7 +15,6 @@ from PIL import Image
 from frameworks import require
 
 require("mmseg.models")
-from mmengine.config import Config  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 from mmengine.structures import PixelData  # noqa: E402
 from mmseg.structures import SegDataSample  # noqa: E402
