@@ -17,9 +17,10 @@ weights from a fixed seed, and writes into ``tests/fixtures/golden/zsseg/``:
 - ``outputs.pth``: zsseg's tensors: per-query class probabilities, mask logits, the CLIP crop
   probabilities, and the semantic logits without and with the ensemble.
 
-Run by hand where checkouts of MendelXu/zsseg.baseline (or the release's fork,
-``third_party/zsseg.baseline`` of amazon-science/prompt-pretraining) and of detectron2 (for its
-``projects/DeepLab``, which a pip-installed detectron2 lacks) exist; detectron2 0.6 runs it:
+Run by hand where checkouts of the release's fork of zsseg (``third_party/zsseg.baseline`` of
+amazon-science/prompt-pretraining: MendelXu/zsseg.baseline plus the POMP configs and prompt
+extractor, which MendelXu's lacks) and of detectron2 (for its ``projects/DeepLab``, which a
+pip-installed detectron2 lacks) exist; detectron2 0.6 runs it:
 
     ZSSEG_ROOT=/path/to/zsseg.baseline DETECTRON2_ROOT=/path/to/detectron2 \\
         .venv/bin/python tests/golden/make_zsseg_golden.py
@@ -76,9 +77,10 @@ def find_checkouts(zsseg: str | None, detectron2: str | None) -> tuple[Path, Pat
     zsseg = zsseg or os.environ.get("ZSSEG_ROOT")
     detectron2 = detectron2 or os.environ.get("DETECTRON2_ROOT")
     problems = []
-    if not zsseg or not (Path(zsseg) / "mask_former").is_dir() or not (Path(zsseg) / "third_party" / "CLIP").is_dir():
-        problems.append(f"no zsseg checkout (got {zsseg!r}): pass --zsseg PATH or set ZSSEG_ROOT to a clone of "
-                        "MendelXu/zsseg.baseline or the release's third_party/zsseg.baseline (with third_party/CLIP)")
+    if not zsseg or not (Path(zsseg) / RELEASE_CONFIG).is_file() or not (Path(zsseg) / "third_party" / "CLIP").is_dir():
+        problems.append(f"no zsseg checkout with the POMP configs (got {zsseg!r}): pass --zsseg PATH or set ZSSEG_ROOT "
+                        "to the release's third_party/zsseg.baseline (amazon-science/prompt-pretraining, with "
+                        "third_party/CLIP)")
     if not detectron2 or not (Path(detectron2) / "projects" / "DeepLab" / "deeplab").is_dir():
         problems.append(f"no detectron2 checkout (got {detectron2!r}): pass --detectron2 PATH or set DETECTRON2_ROOT "
                         "to a clone of facebookresearch/detectron2 (its projects/DeepLab)")
