@@ -154,8 +154,10 @@ class ZSSegSegmentor(BaseSegmentor):
         for b in range(len(inputs)):
             probs = p_mf[b]
             if self.crop_classifier is not None:
-                masks = mask_logits[b].sigmoid() > self.mask_threshold
-                p_valid, valid = self.crop_classifier(inputs[b], masks, region_embeds)
+                # crops from the image, not its padding (zsseg crops after removing the padding)
+                h, w = tuple(batch_img_metas[b].get("img_shape", inputs.shape[2:]))[:2]
+                masks = mask_logits[b, :, :h, :w].sigmoid() > self.mask_threshold
+                p_valid, valid = self.crop_classifier(inputs[b, :, :h, :w], masks, region_embeds)
                 p_clip = torch.ones_like(probs)  # empty proposals: neutral
                 p_clip[valid] = p_valid.to(probs.dtype)
                 probs = ensemble_probs(probs, p_clip, self.is_seen().to(probs.device), self.ensemble_lambda)

@@ -18,12 +18,16 @@ model = dict(
     mask_threshold=0.5,
     text_encoder=dict(type='POMPTextEncoder', dataset_name=None, clip_model='ViT-B-16',
                       clip_pretrained='openai', prompt=None, init_words=None),
+    # detectron2's DeepLab R-103 as zsseg builds it: deep stem 64-64-128 (STEM_OUT_CHANNELS 128),
+    # stride in the 3x3 (STRIDE_IN_1X1 False: style 'pytorch'), res5 stride 2 with dilations
+    # 1, 2, 4 (RES5_MULTI_GRID), frozen BN (RESNETS.NORM FrozenBN), no frozen stage (FREEZE_AT 0);
+    # weights: detectron2://DeepLab/R-103.pkl through `python -m pomp_seg.zsseg_checkpoint backbone`
     backbone=dict(
-        type='ResNetV1c', depth=101, num_stages=4, out_indices=(0, 1, 2, 3),
+        type='ResNetV1c', depth=101, num_stages=4, out_indices=(0, 1, 2, 3), stem_channels=128,
         dilations=(1, 1, 1, 1), strides=(1, 2, 2, 2), multi_grid=(1, 2, 4),
         norm_cfg=dict(type='BN', requires_grad=False), norm_eval=True, style='pytorch',
-        contract_dilation=True,
-        init_cfg=dict(type='Pretrained', checkpoint='open-mmlab://resnet101_v1c')),
+        contract_dilation=True, frozen_stages=-1,
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/R-103_mmseg.pth')),
     decode_head=dict(
         type='MaskProposalHead', embed_dims=512, embed_layers=2, embed_hidden_dims=1024,
         temperature=100.0, num_classes=num_seen,
