@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from frameworks import require
+from tests.frameworks import require
 
 require("mmseg.models")
 from mmengine.config import Config  # noqa: E402
@@ -20,7 +20,7 @@ from mmseg.registry import MODELS  # noqa: E402
 
 from pomp_seg.zsseg_checkpoint import (MODEL_SET_ASIDE, convert_backbone, map_keys, model_keys,  # noqa: E402
                                        read_r103, resnet_key)
-from seg_fixtures import ROOT, SEG_CONFIGS  # noqa: E402
+from tests.seg.seg_fixtures import ROOT, SEG_CONFIGS  # noqa: E402
 
 SHAPES = json.loads((ROOT / "tests" / "fixtures" / "golden" / "zsseg" / "release_shapes.json").read_text())
 

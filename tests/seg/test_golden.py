@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from frameworks import require
+from tests.frameworks import require
+from tests.tool_scripts import load_tool
 
 require("mmseg.models")
 from mmengine.registry import init_default_scope  # noqa: E402
@@ -20,7 +21,7 @@ from mmengine.structures import PixelData  # noqa: E402
 from mmseg.structures import SegDataSample  # noqa: E402
 
 from pomp_seg.zsseg_checkpoint import build_for_conversion, convert_model, read_zsseg  # noqa: E402
-from seg_fixtures import ROOT, SEG_CONFIGS, override_config  # noqa: E402
+from tests.seg.seg_fixtures import ROOT, SEG_CONFIGS, override_config  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "fixtures" / "golden" / "zsseg"
 META = json.loads((GOLDEN / "golden.json").read_text())
@@ -108,11 +109,11 @@ def run_ours(model, rgb):
     h, w = rgb.shape[:2]
     with torch.no_grad():
         x = model.extract_feat(inputs)
-        model.decode_head.set_class_embeddings(model.text_encoder.encode(model.text_encoder.class_names))
+        model.decode_head.set_class_embeddings(model.text_encoder.class_embeddings(model.text_encoder.class_names))
         p_mf, masks = model.decode_head.proposals(x, [s.metainfo for s in samples], inputs.shape[2:])
         out = dict(probs=p_mf[0], mask_logits=masks[0, :, :h, :w])
         if model.crop_classifier is not None:
-            embeds = model.text_encoder.encode(model.text_encoder.class_names)
+            embeds = model.text_encoder.class_embeddings(model.text_encoder.class_names)
             out["crop_probs"], out["crop_valid"] = model.crop_classifier(
                 inputs[0, :, :h, :w], masks[0, :, :h, :w].sigmoid() > model.mask_threshold, embeds)
         out["sem_seg"] = model.predict(inputs, samples)[0].seg_logits.data
@@ -231,13 +232,9 @@ def test_a_perturbation_breaks_the_comparison(change, output, golden_config, rel
 def test_the_documented_release_commands_run_on_the_golden_fixture(golden_config, tmp_path, capsys):
     """docs/segmentation.md's sequence (convert, demo with a custom vocabulary, test on VOC) on
     the golden checkpoint: the commands' main()s, in this process (it knows the tiny CLIP)."""
-    import sys
-
     from pomp_seg import zsseg_checkpoint
-    from seg_fixtures import make_voc
-    sys.path.insert(0, str(ROOT / "tools"))
-    import demo_seg
-    import test_seg
+    from tests.seg.seg_fixtures import make_voc
+    demo_seg, test_seg = load_tool("demo_seg"), load_tool("test_seg")
 
     ckpt, prompt = tmp_path / "golden_mmseg.pth", tmp_path / "golden_prompt.pth"
     zsseg_checkpoint.main(["model", str(GOLDEN / "zsseg_tiny.pth"), "--config", str(golden_config),
@@ -281,7 +278,7 @@ def test_padding_mask_options_mask_padded_keys_where_they_say(ours):
     for mode in ("never", "test", "always"):
         model.decode_head.padding_mask = mode
         with torch.no_grad():
-            model.decode_head.set_class_embeddings(model.text_encoder.encode(vocab))
+            model.decode_head.set_class_embeddings(model.text_encoder.class_embeddings(vocab))
             test_out[mode] = model.decode_head.proposals(model.extract_feat(inputs), metas, inputs.shape[2:])[1]
         data = model.data_preprocessor(dict(inputs=train_inputs, data_samples=[s.clone() for s in samples]), True)
         model.train()
