@@ -78,11 +78,12 @@ class ClassRecordDataset:
         class_count_file: a JSON cache of each annotation file's values, read if present and
             written when new files were read (COCO-Stuff's 118k annotations take minutes;
             ZSSeg precomputes the same with ``tools/mask_cls_collect.py``).
+        max_refetch: records tried in a row when the pipeline returns None (mmengine's default).
     """
 
     def __init__(self, dataset: Union[dict, object], sample_per_class: Optional[int] = None,
                  seed: int = 0, replace: bool = True, class_count_file: Optional[str] = None,
-                 lazy_init: bool = False) -> None:
+                 max_refetch: int = 1000, lazy_init: bool = False) -> None:
         if sample_per_class is not None and (not isinstance(sample_per_class, int) or sample_per_class == 0
                                              or sample_per_class < -1):
             raise ValueError(f"sample_per_class must be a positive int, -1 (every record) or None (images, "
@@ -92,6 +93,7 @@ class ClassRecordDataset:
         self.seed = seed
         self.replace = replace
         self.class_count_file = class_count_file
+        self.max_refetch = max_refetch
         self._metainfo = self.dataset.metainfo
         if "unseen_classes" not in self._metainfo:
             raise ValueError(f"ClassRecordDataset needs a dataset with a seen/unseen split (metainfo "
@@ -177,11 +179,24 @@ class ClassRecordDataset:
         image, category = self.records[idx]
         return dict(self.dataset.get_data_info(image), category_id=category)
 
+    def _pipeline(self, image: int):
+        """The pipeline of the (sub-)dataset holding ``image``."""
+        if hasattr(self.dataset, "_get_ori_dataset_idx"):  # a ConcatDataset
+            part, _ = self.dataset._get_ori_dataset_idx(image)
+            return self.dataset.datasets[part].pipeline
+        return self.dataset.pipeline
+
     def __getitem__(self, idx: int) -> dict:
+        """The record's item; a record whose pipeline returns None (``RecordMaskCrop``: the
+        view missed the class) is replaced by another drawn at random, as ZSSeg's loader does."""
         self.full_init()
         if self.sample_per_class is None:
             return self.dataset[idx]
-        image, category = self.records[idx]
-        data = self.dataset[image]
-        data["data_samples"].set_metainfo(dict(category_id=category))
-        return data
+        for _ in range(self.max_refetch + 1):
+            data = self._pipeline(self.records[idx][0])(self.get_data_info(idx))
+            if data is not None:
+                data["data_samples"].set_metainfo(dict(category_id=self.records[idx][1]))
+                return data
+            idx = np.random.randint(0, len(self.records))
+        raise RuntimeError(f"ClassRecordDataset: the pipeline returned None for {self.max_refetch + 1} records "
+                           "in a row; check that the pipeline's crop (RecordMaskCrop) can hold the record's class")
