@@ -51,6 +51,8 @@ class PromptTuner(BaseModel):
             crops each mask's box from the image and resizes it to CLIP's input.
         fill: outside the mask, ``'normalised_mean'`` (ZSSeg's: CLIP's mean pixel as a
             normalised value, a light grey) or ``'mean'`` (the mean colour, 0 once normalised).
+        temperature: the logits' scale; ZSSeg's stage (a) fixes 100, None = the CLIP's
+            ``logit_scale.exp()`` (100.03 for OpenAI's float16 weights).
     """
 
     def __init__(self, class_split: str, clip_model: str = "ViT-B-16",
@@ -58,7 +60,7 @@ class PromptTuner(BaseModel):
                  init_words: Optional[str] = None, min_pixels: int = 16, min_crop_size: int = 0,
                  prompt_trusted: bool = False, crops_per_image: Optional[int] = None,
                  crop_in_pipeline: bool = False, fill: str = "normalised_mean",
-                 data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None) -> None:
+                 temperature: Optional[float] = 100.0, data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if fill not in FILLS:
             raise ValueError(f"fill must be one of {sorted(FILLS)}, got {fill!r}")
@@ -71,7 +73,8 @@ class PromptTuner(BaseModel):
         self.prompt = build_prompt(prompt, clip, tokenizer, init_words, prompt_trusted)
         self.prompt.requires_grad_(True)
         self.text = PromptedTextEncoder(clip, tokenizer)
-        self.crops = CLIPCropClassifier(clip.visual, float(clip.logit_scale.exp()), min_crop_size=min_crop_size)
+        self.crops = CLIPCropClassifier(clip.visual, float(clip.logit_scale.exp()), temperature=temperature,
+                                        min_crop_size=min_crop_size)
         self.min_pixels = min_pixels
         self.crops_per_image = crops_per_image
         self.crop_in_pipeline = crop_in_pipeline

@@ -23,7 +23,8 @@ RECORD_PIPELINE = [{"type": "LoadImageFromFile"}, {"type": "LoadAnnotations"},
                    {"type": "RecordMaskCrop", "size": [244, 224], "scale": [0.08, 1.0],
                     "ratio": [0.75, 1.3333333333333333], "drop_empty": True},
                    {"type": "RandomFlip", "prob": 0.5}, {"type": "PackSegInputs"}]
-STAGE_A = {"model.crop_in_pipeline": True, "model.fill": "normalised_mean", "model.crops_per_image": GONE,
+STAGE_A = {"model.crop_in_pipeline": True, "model.fill": "normalised_mean", "model.temperature": 100.0,
+           "model.crops_per_image": GONE,
            "model.random_resized_crop": GONE}  # ZSSeg's view, cut in the pipeline (issue 23, item 3)
 COCO_CACHE = {"train_dataloader.dataset.class_count_file": "annotations/train2017_label_values.json"}
 DELIBERATE = {
@@ -31,7 +32,7 @@ DELIBERATE = {
                                  "train_dataloader.dataset.dataset.datasets.1.pipeline": RECORD_PIPELINE},
     "zsseg-prompt_coco-stuff164k.py": {**STAGE_A, **COCO_CACHE,
                                        "train_dataloader.dataset.dataset.pipeline": RECORD_PIPELINE},
-    "zsseg-prompt_world.py": {"model.fill": "mean"},  # the world's measured figures keep the mean colour
+    "zsseg-prompt_world.py": {"model.fill": "mean", "model.temperature": None},  # as the world was measured
     "zsseg-r101c_coco-stuff164k-640x640.py": COCO_CACHE,
     "zsseg-r101c_coco-stuff164k_test-ade20k.py": COCO_CACHE,
     "zsseg-r101c_coco-stuff164k_test-pascal-context59.py": COCO_CACHE,

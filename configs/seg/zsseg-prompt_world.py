@@ -15,7 +15,7 @@ model = dict(
     prompt=None,  # a POMP prompt file; None = initialise from init_words
     init_words='a photo of a',
     min_crop_size=64,  # keep object size: the world CLIP reads 'small' / 'large' from pixel size
-    fill='mean',  # the measured world figures (docs/segmentation.md) used the mean colour
+    fill='mean', temperature=None,  # the mean colour and CLIP's logit scale, as the world figures were measured
     data_preprocessor={{_base_.data_preprocessor}})
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='SGD', lr=0.002, momentum=0.9))
 param_scheduler = [dict(type='CosineAnnealingLR', T_max=60, by_epoch=False)]

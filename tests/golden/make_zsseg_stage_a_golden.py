@@ -73,15 +73,15 @@ CONFIGS = ("configs/voc-11k-15/zero_shot_proposal_classification_learn_prompt_po
            "configs/voc-11k-15/zero_shot_proposal_classification_learn_prompt_bs16_10k.yaml")
 
 
-def _checkout(arg: str | None) -> Path:
+def _checkout(parser: argparse.ArgumentParser, arg: str | None) -> Path:
     root = arg or os.environ.get("ZSSEG_ROOT")
     if not root:
-        sys.exit("no zsseg checkout: pass --zsseg PATH or set ZSSEG_ROOT (MendelXu/zsseg.baseline, or "
-                 "third_party/zsseg.baseline of amazon-science/prompt-pretraining)")
+        parser.error("no zsseg checkout: pass --zsseg PATH or set ZSSEG_ROOT (MendelXu/zsseg.baseline, "
+                     "or third_party/zsseg.baseline of amazon-science/prompt-pretraining)")
     root = Path(root)
     if not (root / "mask_former" / "proposal_classification.py").is_file() or not (root / "third_party" / "CLIP").is_dir():
-        sys.exit(f"{root} is not a zsseg.baseline checkout (no mask_former/proposal_classification.py "
-                 "or third_party/CLIP)")
+        parser.error(f"{root} is not a zsseg.baseline checkout (no mask_former/proposal_classification.py "
+                     "or third_party/CLIP)")
     return root
 
 
@@ -186,7 +186,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(OUT))
     parser.add_argument("--work", help="where ZSSeg's code is copied (default: a temporary folder)")
     args = parser.parse_args(argv)
-    root = _checkout(args.zsseg)
+    root = _checkout(parser, args.zsseg)
     work = Path(args.work or tempfile.mkdtemp(prefix="zsseg_stage_a_"))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
