@@ -37,8 +37,9 @@ ZSSeg's enters this repository. Patches, all at import/run time (no file of ZSSe
 2. ``detectron2.projects.point_rend`` (imported by the mapper module for a transform stage (a)
    does not use) is given a placeholder module when the installed detectron2 lacks it.
 3. ``build_clip_model`` (``clip.load("ViT-B/16")``) returns the tiny CLIP, frozen as the
-   original freezes it; the yaml is merged with new keys allowed (its DeepLab solver keys;
-   stage (a) does not read them).
+   original freezes it, and ``PROMPT_DIM`` is its text width (the config's 512 is ViT-B's);
+   the yaml is merged with new keys allowed (its DeepLab solver keys; stage (a) does not
+   read them).
 4. The record's dataset is a metadata entry of ours (``stuff_classes`` = the seen classes,
    ``ignore_label`` 255), and the record dict carries ``meta.dataset_name`` as ZSSeg's loader
    adds it (``wrap_metas``).
@@ -152,6 +153,7 @@ def _cfg(root: Path, add_mask_former_config, prompt: Path):
     cfg.set_new_allowed(True)  # patch 3: the base yaml's DeepLab keys
     name = next(c for c in CONFIGS if (root / c).is_file())
     cfg.merge_from_file(str(root / name))
+    cfg.MODEL.CLIP_ADAPTER.PROMPT_DIM = ARCH["transformer_width"]  # the tiny CLIP's width, as 512 is ViT-B's
     cfg.DATASETS.TRAIN = ("pomp_golden_stage_a",)
     cfg.DATASETS.TEST = ("pomp_golden_stage_a",)
     if cfg.MODEL.CLIP_ADAPTER.PROMPT_LEARNER == "pomp":
