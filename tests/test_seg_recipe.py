@@ -71,8 +71,8 @@ def test_stage_b_lr_decays_polynomially_to_zero_for_head_and_backbone(config):
 def test_stage_a_lr_is_zssegs_constant_warmup_then_cosine():
     cfg = Config.fromfile(str(SEG_CONFIGS / "zsseg-prompt_voc12aug.py"))
     assert cfg.optim_wrapper.optimizer.lr == 0.02 and cfg.optim_wrapper.optimizer.weight_decay == 5e-4
-    assert cfg.train_cfg.max_iters == 3200 and cfg.model.crops_per_image == 1
-    assert cfg.train_dataloader.batch_size * 8 == 32  # 32 crops on 8 GPUs
+    assert cfg.train_cfg.max_iters == 3200 and cfg.model.crop_in_pipeline  # one view per record
+    assert cfg.train_dataloader.batch_size * 8 == 32  # 32 views on 8 GPUs
     lr = _lrs(cfg, 400)[:, 0]
     cosine = 0.02 * 0.5 * (1 + np.cos(np.pi * np.arange(400) / 400))
     assert np.allclose(lr[:99], 0.005 * cosine[:99], rtol=1e-5)  # mmengine lifts it after step 99
