@@ -59,6 +59,7 @@ def _ours(record, draws, crop=None, **tuner):
     if draws["flip"]:
         results = RandomFlip(prob=1.0, direction="horizontal")(results)
     packed = PackSegInputs()(results)
+    packed["data_samples"].set_metainfo(dict(category_id=record["category_id"]))  # as ClassRecordDataset does
     model = _tuner(**tuner)
     batch = model.data_preprocessor(dict(inputs=[packed["inputs"]], data_samples=[packed["data_samples"]]))
     crops, logits, labels = model.crop_logits(batch["inputs"], batch["data_samples"])

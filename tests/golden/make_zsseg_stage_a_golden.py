@@ -221,14 +221,15 @@ def main(argv=None) -> None:
     cfg, config_name = _cfg(root, add_mask_former_config, out / "prompt.pth")
     adapter.build_clip_model = lambda name, frozen=True: tiny  # patch 3
     mapper = mapper_mod.MaskFormerBinarySemanticDatasetMapper(cfg, is_train=True)
-    kept, missed, mapped = None, None, None
+    kept, missed, mapped = None, None, None  # a kept view that is flipped, and a view that misses
     for seed in range(200):
         np.random.seed(seed)
         data = mapper(dict(record))
+        draws = _draws(mapper, record, seed)
         if data is None and missed is None:
-            missed = _draws(mapper, record, seed)
-        if data is not None and kept is None:
-            kept, mapped = _draws(mapper, record, seed), data
+            missed = draws
+        if data is not None and kept is None and draws["flip"]:
+            kept, mapped = draws, data
         if kept and missed:
             break
     model = proposal_classification.ProposalClipClassifier(cfg)
