@@ -2,7 +2,7 @@
 learner's logits for it, from ``tests/golden/make_zsseg_stage_a_golden.py`` (ZSSeg's dataset
 mapper and ``ProposalClipClassifier``, a tiny random CLIP in OpenAI's layout); pomp_seg's
 ``RecordMaskCrop`` + ``PromptTuner(crop_in_pipeline=True)`` must give the same to 1e-4, and
-changing the fill or the crop geometry must not."""
+changing the fill, the crop geometry or the temperature must not."""
 import json
 
 import numpy as np
@@ -96,14 +96,17 @@ def test_a_view_that_misses_the_class_is_dropped_as_zssegs(golden):
     assert kept["img_shape"] == (244, 224) and not (kept["gt_seg_map"] == record["category_id"]).any()
 
 
-@pytest.mark.parametrize("change", ["fill", "geometry"])
-def test_our_former_fill_or_geometry_breaks_the_golden(golden, change):
+@pytest.mark.parametrize("change", ["fill", "geometry", "temperature"])
+def test_our_former_fill_geometry_or_temperature_breaks_the_golden(golden, change):
     record, out = golden
     if change == "fill":
         view, logits, _ = _ours(record, record["kept"], fill="mean")
         assert view.shape == out["view"].shape
         assert (view - out["view"]).abs().max() > 0.1
-    else:
+    elif change == "geometry":
         view, logits, _ = _ours(record, record["kept"], crop=(224, 224))
         assert view.shape != out["view"].shape
+    else:  # CLIP's logit scale, 100.03 in float16, for ZSSeg's fixed 100
+        view, logits, _ = _ours(record, record["kept"], temperature=None)
+        torch.testing.assert_close(view, out["view"], atol=1e-4, rtol=0)
     assert (logits - out["logits"]).abs().max() > 1e-3
