@@ -117,7 +117,8 @@ def _view_batch():
         seg = torch.full((1, 40, 36), 255)
         seg[0, 3:8, 2] = record
         seg[0, 10, 10:10 + pixels] = 9
-        samples.append(SegDataSample(gt_sem_seg=PixelData(data=seg), metainfo=dict(img_shape=shape, category_id=record)))
+        meta = dict(img_shape=shape, category_id=record)
+        samples.append(SegDataSample(gt_sem_seg=PixelData(data=seg), metainfo=meta))
     samples[1].gt_sem_seg.data[0, 3:8, 2] = 255
     samples[1].gt_sem_seg.data[0, 20, 20] = 6  # one pixel < min_pixels: no view
     return inputs, samples

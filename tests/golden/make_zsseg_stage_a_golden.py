@@ -13,7 +13,8 @@ a tiny CLIP in OpenAI's layout (reduced widths, random weights, seed 0), and wri
   ``classes.json`` (classes + unseen indices), ``record.json`` (the record's class and the
   view's draws: ZSSeg's box, random crop and flip, for seeds that keep and that miss the class);
 - ``clip.pt`` (the tiny CLIP's OpenAI-layout state dict, float16) and
-  ``pomp-zsseg-stage-a.json`` (the same architecture as an open_clip model config), ``prompt.pth`` (the 16 context vectors, in the
+  ``pomp-zsseg-stage-a.json`` (the same architecture as an open_clip model config),
+  ``prompt.pth`` (the 16 context vectors, in the
   release's ``{"state_dict": {"ctx": ...}}`` layout);
 - ``golden.pt``: ZSSeg's masked view (the tensor its CLIP adapter receives) and the prompt
   learner's logits over the seen classes, and the record's cross-entropy loss.
@@ -80,7 +81,8 @@ def _checkout(parser: argparse.ArgumentParser, arg: str | None) -> Path:
         parser.error("no zsseg checkout: pass --zsseg PATH or set ZSSEG_ROOT (MendelXu/zsseg.baseline, "
                      "or third_party/zsseg.baseline of amazon-science/prompt-pretraining)")
     root = Path(root)
-    if not (root / "mask_former" / "proposal_classification.py").is_file() or not (root / "third_party" / "CLIP").is_dir():
+    code = root / "mask_former" / "proposal_classification.py"
+    if not code.is_file() or not (root / "third_party" / "CLIP").is_dir():
         parser.error(f"{root} is not a zsseg.baseline checkout (no mask_former/proposal_classification.py "
                      "or third_party/CLIP)")
     return root

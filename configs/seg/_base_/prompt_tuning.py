@@ -5,8 +5,8 @@
 # crop to 244 x 224, the mask resized nearest; a view without the class is replaced by another
 # record), flipped, then filled outside the mask with CLIP's mean in normalised units
 # (fill='normalised_mean', ZSSeg's light grey; fill='mean' is the mean colour) and classified at
-# that size, logits at ZSSeg's fixed temperature 100. SGD lr 0.02, momentum 0.9, weight decay 5e-4, batch 32 views (4 records x 8
-# GPUs), 100 iterations at 0.005x the lr, cosine decay.
+# that size, logits at ZSSeg's fixed temperature 100. SGD lr 0.02, momentum 0.9, weight
+# decay 5e-4, batch 32 views (4 records x 8 GPUs), 100 iterations at 0.005x the lr, cosine decay.
 _base_ = ['./clip_preprocessor.py']
 model = dict(
     type='PromptTuner', class_split=None, clip_model='ViT-B-16', clip_pretrained='openai',
