@@ -22,6 +22,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import mmcv
 import numpy as np
 from mmengine import fileio
+from mmengine.dist import barrier, get_dist_info
 from mmengine.logging import print_log
 from mmseg.registry import DATASETS
 
@@ -34,19 +35,48 @@ def raw_label_values(seg_map_path: str) -> List[int]:
     return np.unique(seg).tolist()
 
 
-def label_values(paths: Sequence[str], cache_file: Optional[str] = None) -> Dict[str, List[int]]:
-    """:func:`raw_label_values` of each annotation file, read from / written to the JSON cache
-    ``cache_file`` when given (COCO-Stuff's 118k annotations take minutes to list)."""
-    cache: Dict[str, List[int]] = {}
-    if cache_file and os.path.isfile(cache_file):
-        with open(cache_file) as f:
-            cache = json.load(f)
-    missing = [p for p in paths if p not in cache]
-    for path in missing:
-        cache[path] = raw_label_values(path)
-    if cache_file and missing:
-        atomic_write_text(cache_file, json.dumps(cache))
-    return cache
+def cache_path(cache_file: Optional[str], data_root: Optional[str]) -> Optional[str]:
+    """``cache_file``, a relative one taken inside ``data_root`` (so ``--data-root`` moves it too)."""
+    if not cache_file or os.path.isabs(cache_file) or not data_root:
+        return cache_file or None
+    return os.path.join(data_root, cache_file)
+
+
+def _read_cache(cache_file: str) -> Dict[str, List[int]]:
+    if not os.path.isfile(cache_file):
+        return {}
+    with open(cache_file) as f:
+        return json.load(f)
+
+
+def label_values(paths: Sequence[str], cache_file: Optional[str] = None,
+                 data_root: Optional[str] = None) -> Dict[str, List[int]]:
+    """:func:`raw_label_values` of each annotation file (keyed by the given paths), through the
+    JSON cache ``cache_file`` when given (COCO-Stuff's 118k annotations take minutes to list).
+
+    The cache (:func:`cache_path`) keys files by their path relative to its folder, so it
+    stays valid when the data moves with it. Under a process group, rank 0 reads the missing
+    files and writes the cache, the other ranks wait at a barrier and then read it: one rank
+    lists the annotations, once."""
+    cache_file = cache_path(cache_file, data_root)
+    if not cache_file:
+        return {p: raw_label_values(p) for p in paths}
+    folder = os.path.dirname(os.path.abspath(cache_file))
+    keys = {p: os.path.relpath(os.path.abspath(p), folder) for p in paths}
+    rank, world = get_dist_info()
+    if rank == 0:
+        cache = _read_cache(cache_file)
+        missing = [p for p in paths if keys[p] not in cache]
+        for path in missing:
+            cache[keys[path]] = raw_label_values(path)
+        if missing:
+            os.makedirs(folder, exist_ok=True)
+            atomic_write_text(cache_file, json.dumps(cache))
+    if world > 1:
+        barrier()
+    if rank != 0:
+        cache = _read_cache(cache_file)
+    return {p: cache[keys[p]] if keys[p] in cache else raw_label_values(p) for p in paths}
 
 
 def loaded_labels(values: Sequence[int], reduce_zero_label: bool,
@@ -76,13 +106,15 @@ class ClassRecordDataset:
             and a class with exactly ``sample_per_class`` records is drawn from too). False
             draws distinct records.
         class_count_file: a JSON cache of each annotation file's values, read if present and
-            written when new files were read (COCO-Stuff's 118k annotations take minutes;
-            ZSSeg precomputes the same with ``tools/mask_cls_collect.py``).
+            written (by rank 0) when new files were read (COCO-Stuff's 118k annotations take
+            minutes; ZSSeg precomputes the same with ``tools/mask_cls_collect.py``); a relative
+            path is inside the wrapped dataset's ``data_root`` (see :func:`label_values`).
+        max_refetch: records tried in a row when the pipeline returns None (mmengine's default).
     """
 
     def __init__(self, dataset: Union[dict, object], sample_per_class: Optional[int] = None,
                  seed: int = 0, replace: bool = True, class_count_file: Optional[str] = None,
-                 lazy_init: bool = False) -> None:
+                 max_refetch: int = 1000, lazy_init: bool = False) -> None:
         if sample_per_class is not None and (not isinstance(sample_per_class, int) or sample_per_class == 0
                                              or sample_per_class < -1):
             raise ValueError(f"sample_per_class must be a positive int, -1 (every record) or None (images, "
@@ -92,6 +124,7 @@ class ClassRecordDataset:
         self.seed = seed
         self.replace = replace
         self.class_count_file = class_count_file
+        self.max_refetch = max_refetch
         self._metainfo = self.dataset.metainfo
         if "unseen_classes" not in self._metainfo:
             raise ValueError(f"ClassRecordDataset needs a dataset with a seen/unseen split (metainfo "
@@ -133,7 +166,8 @@ class ClassRecordDataset:
         seen = self._seen_ids()
         records = []
         infos = [self.dataset.get_data_info(idx) for idx in range(len(self.dataset))]
-        values = label_values([info["seg_map_path"] for info in infos], self.class_count_file)
+        values = label_values([info["seg_map_path"] for info in infos], self.class_count_file,
+                              getattr(self.dataset, "data_root", None))
         stem = lambda i: os.path.splitext(os.path.basename(infos[i]["seg_map_path"]))[0]  # noqa: E731
         for idx in sorted(range(len(infos)), key=stem):
             info = infos[idx]
@@ -177,11 +211,24 @@ class ClassRecordDataset:
         image, category = self.records[idx]
         return dict(self.dataset.get_data_info(image), category_id=category)
 
+    def _pipeline(self, image: int):
+        """The pipeline of the (sub-)dataset holding ``image``."""
+        if hasattr(self.dataset, "_get_ori_dataset_idx"):  # a ConcatDataset
+            part, _ = self.dataset._get_ori_dataset_idx(image)
+            return self.dataset.datasets[part].pipeline
+        return self.dataset.pipeline
+
     def __getitem__(self, idx: int) -> dict:
+        """The record's item; a record whose pipeline returns None (``RecordMaskCrop``: the
+        view missed the class) is replaced by another drawn at random, as ZSSeg's loader does."""
         self.full_init()
         if self.sample_per_class is None:
             return self.dataset[idx]
-        image, category = self.records[idx]
-        data = self.dataset[image]
-        data["data_samples"].set_metainfo(dict(category_id=category))
-        return data
+        for _ in range(self.max_refetch + 1):
+            data = self._pipeline(self.records[idx][0])(self.get_data_info(idx))
+            if data is not None:
+                data["data_samples"].set_metainfo(dict(category_id=self.records[idx][1]))
+                return data
+            idx = np.random.randint(0, len(self.records))
+        raise RuntimeError(f"ClassRecordDataset: the pipeline returned None for {self.max_refetch + 1} records "
+                           "in a row; check that the pipeline's crop (RecordMaskCrop) can hold the record's class")

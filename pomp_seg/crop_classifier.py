@@ -11,8 +11,25 @@ from torch import nn
 from .clip import CLIP_MEAN, CLIP_STD
 
 
+def encode_any_size(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """CLIP ViT features of ``images`` [N, 3, H, W] of any size, as ZSSeg's CLIP computes them:
+    the patch grid's positional embedding resized bicubically to the input's grid
+    (``H // patch`` x ``W // patch``; a 244 x 224 view is 15 x 14 patches of 16 px). At CLIP's
+    own size this is ``visual(images)``."""
+    grid = tuple(visual.grid_size)
+    patch = tuple(visual.patch_size)
+    new_grid = (images.shape[-2] // patch[0], images.shape[-1] // patch[1])
+    if new_grid == grid:
+        return visual(images)
+    pos = visual.positional_embedding
+    patches = pos[1:].t().reshape(1, -1, *grid)
+    patches = F.interpolate(patches, size=new_grid, mode="bicubic", align_corners=False)
+    resized = torch.cat([pos[:1], patches.reshape(pos.shape[1], -1).t()])
+    return torch.func.functional_call(visual, {"positional_embedding": resized}, (images,))
+
+
 def masked_crops(image: torch.Tensor, masks: torch.Tensor, size: int, min_crop_size: int = 0,
-                 mode: str = "bicubic") -> torch.Tensor:
+                 mode: str = "bicubic", fill: Optional[torch.Tensor] = None) -> torch.Tensor:
     """[N, 3, size, size] crops of ``image`` [3, H, W] (CLIP-normalised) around each
     boolean mask [N, H, W]. Zero is the mean colour of a normalised image, so the
     pixels outside a mask (and outside the image) are zeroed; an empty mask gives an
@@ -21,8 +38,13 @@ def masked_crops(image: torch.Tensor, masks: torch.Tensor, size: int, min_crop_s
     ``min_crop_size`` > 0 grows each side of the box around its centre to at least that
     many pixels before resizing, so objects smaller than it keep their size relative to
     the crop (a CLIP that reads object size, such as the synthetic world's, needs it).
-    0 is ZSSeg's tight box. ``mode``: the resize interpolation (ZSSeg: bicubic).
+    0 is ZSSeg's tight box. ``mode``: the resize interpolation (ZSSeg: bicubic). ``fill`` [3]
+    (normalised units) replaces the zero fill: the crops of ``image - fill`` plus ``fill``, as
+    the resize keeps a constant.
     """
+    if fill is not None:
+        fill = fill.to(image).view(-1, 1, 1)
+        return masked_crops(image - fill, masks, size, min_crop_size, mode) + fill
     crops = image.new_zeros(len(masks), image.shape[0], size, size)
     pad = (min_crop_size + 1) // 2
     padded = F.pad(image, (pad, pad, pad, pad)) if pad else image
@@ -69,8 +91,8 @@ class CLIPCropClassifier(nn.Module):
         """An image normalised with the input statistics -> normalised with CLIP's."""
         return image * self.renorm_scale + self.renorm_shift
 
-    def crops(self, image: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        return masked_crops(self.to_clip(image), masks, self.input_size, self.min_crop_size)
+    def crops(self, image: torch.Tensor, masks: torch.Tensor, fill: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return masked_crops(self.to_clip(image), masks, self.input_size, self.min_crop_size, fill=fill)
 
     def image_features(self, crops: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.visual(crops).float(), dim=-1)
@@ -85,36 +107,3 @@ class CLIPCropClassifier(nn.Module):
             return text_embeds.new_zeros(0, len(text_embeds)), valid
         feats = self.image_features(self.crops(image, masks[valid]))
         return (self.temperature * feats @ text_embeds.t()).softmax(dim=-1), valid
-
-
-def random_resized_masked_crop(image: torch.Tensor, mask: torch.Tensor, size: int,
-                               scale: Tuple[float, float] = (0.08, 1.0),
-                               ratio: Tuple[float, float] = (3 / 4, 4 / 3),
-                               generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """ZSSeg's stage-(a) view of one mask [H, W] in ``image`` [3, H, W] (CLIP-normalised):
-    the mask's box, then a random crop of ``scale`` of its area and ``ratio`` aspect (ten
-    tries, else the centred box), outside the mask filled with the mean (0), resized to
-    ``size`` [3, size, size]."""
-    ys, xs = torch.nonzero(mask, as_tuple=True)
-    if len(ys) == 0:
-        raise ValueError("random_resized_masked_crop needs a non-empty mask")
-    y0, x0 = int(ys.min()), int(xs.min())
-    box = image[:, y0:int(ys.max()) + 1, x0:int(xs.max()) + 1] * mask[y0:int(ys.max()) + 1, x0:int(xs.max()) + 1]
-    height, width = box.shape[1:]
-    rand = lambda: float(torch.rand((), generator=generator))  # noqa: E731
-    for _ in range(10):
-        area = height * width * (scale[0] + (scale[1] - scale[0]) * rand())
-        log_lo, log_hi = torch.log(torch.tensor(ratio[0])), torch.log(torch.tensor(ratio[1]))
-        aspect = float(torch.exp(log_lo + (log_hi - log_lo) * rand()))
-        w, h = int(round((area * aspect) ** 0.5)), int(round((area / aspect) ** 0.5))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(rand() * (height - h + 1))
-            left = int(rand() * (width - w + 1))
-            break
-    else:  # the whole box, cut to the nearest allowed aspect
-        aspect = width / height
-        w = width if aspect <= ratio[1] else int(round(height * ratio[1]))
-        h = height if aspect >= ratio[0] else int(round(width / ratio[0]))
-        top, left = (height - h) // 2, (width - w) // 2
-    crop = box[:, top:top + h, left:left + w]
-    return F.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False)[0]

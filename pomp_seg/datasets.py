@@ -67,7 +67,8 @@ class ZeroShotSegMixin:
     preparation does (``prepare_voc_sem_seg.py`` writes no annotation for them). Kept, such an
     image trains every query towards "no object" while it shows unseen objects. Listing the
     labels reads every annotation once; ``class_count_file`` caches the lists (the same file
-    as stage (a)'s ``ClassRecordDataset``).
+    as stage (a)'s ``ClassRecordDataset``; relative = inside ``data_root``; rank 0 writes it
+    and the other ranks read it, see :func:`pomp_seg.class_records.label_values`).
     """
 
     def __init__(self, *args, ignore_unseen: bool = False, drop_all_ignore: bool = False,
@@ -92,7 +93,7 @@ class ZeroShotSegMixin:
         return self._without_all_ignore(data_list) if self.drop_all_ignore else data_list
 
     def _without_all_ignore(self, data_list: List[dict]) -> List[dict]:
-        values = label_values([info["seg_map_path"] for info in data_list], self.class_count_file)
+        values = label_values([info["seg_map_path"] for info in data_list], self.class_count_file, self.data_root)
         n_classes = len(self.metainfo["classes"])
         kept = [info for info in data_list
                 if any(0 <= c < n_classes and c != self.ignore_index

@@ -1,8 +1,7 @@
 # Stage (b) on the synthetic world: a tiny MaskFormer-style proposal network trained on the
 # seen classes, text features from the stage-(a) prompt, CLIP crop ensemble at test time.
-_base_ = ['./_base_/world_seg.py', './_base_/clip_preprocessor.py',
-          'mmseg::_base_/default_runtime.py']
-num_seen = 15  # seen classes of the world's default 20-class segmentation vocabulary
+_base_ = ['./_base_/datasets/world_seg.py', './_base_/clip_preprocessor.py',
+          'mmseg::_base_/default_runtime.py', './_base_/models/maskformer_proposal_head.py']
 dims = 32
 model = dict(
     type='ZSSegSegmentor',
@@ -23,40 +22,19 @@ model = dict(
         type='ResNetV1c', depth=18, stem_channels=16, base_channels=16, num_stages=4,
         out_indices=(0, 1, 2, 3), norm_cfg=dict(type='BN', requires_grad=True), style='pytorch'),
     decode_head=dict(
-        type='MaskProposalHead',
         embed_dims=64,  # text embedding size of the CLIP (pomp-world: 64, ViT-B/16: 512)
         embed_layers=1,  # a linear query-to-text map (ZSSeg: 2-layer MLP) for this tiny head
-        temperature=100.0,
-        num_classes=num_seen,
+        num_classes=_base_.num_seen,
         in_channels=[16, 32, 64, 128], in_index=[0, 1, 2, 3],
         feat_channels=dims, out_channels=dims, num_queries=10,
-        pixel_decoder=dict(type='mmdet.PixelDecoder', norm_cfg=dict(type='GN', num_groups=8),
-                           act_cfg=dict(type='ReLU')),
+        pixel_decoder=dict(norm_cfg=dict(type='GN', num_groups=8)),
         enforce_decoder_input_project=True,
         positional_encoding=dict(num_feats=dims // 2, normalize=True),
-        transformer_decoder=dict(
-            return_intermediate=True, num_layers=2,
-            layer_cfg=dict(
-                self_attn_cfg=dict(embed_dims=dims, num_heads=4, attn_drop=0.0, proj_drop=0.0,
-                                   dropout_layer=None, batch_first=True),
-                cross_attn_cfg=dict(embed_dims=dims, num_heads=4, attn_drop=0.0, proj_drop=0.0,
-                                    dropout_layer=None, batch_first=True),
-                ffn_cfg=dict(embed_dims=dims, feedforward_channels=2 * dims, num_fcs=2,
-                             act_cfg=dict(type='ReLU', inplace=True), ffn_drop=0.0,
-                             dropout_layer=None, add_identity=True)),
-            init_cfg=None),
-        loss_cls=dict(type='mmdet.CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0,
-                      reduction='mean', class_weight=[1.0] * num_seen + [0.1]),
-        loss_mask=dict(type='mmdet.FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
-                       reduction='mean', loss_weight=20.0),
-        loss_dice=dict(type='mmdet.DiceLoss', use_sigmoid=True, activate=True, reduction='mean',
-                       naive_dice=True, eps=1.0, loss_weight=1.0),
-        train_cfg=dict(
-            assigner=dict(type='mmdet.HungarianAssigner', match_costs=[
-                dict(type='mmdet.ClassificationCost', weight=1.0),
-                dict(type='mmdet.FocalLossCost', weight=20.0, binary_input=True),
-                dict(type='mmdet.DiceCost', weight=1.0, pred_act=True, eps=1.0)]),
-            sampler=dict(type='mmdet.MaskPseudoSampler'))),
+        transformer_decoder=dict(num_layers=2, layer_cfg=dict(
+            self_attn_cfg=dict(embed_dims=dims, num_heads=4, attn_drop=0.0, proj_drop=0.0),
+            cross_attn_cfg=dict(embed_dims=dims, num_heads=4, attn_drop=0.0, proj_drop=0.0),
+            ffn_cfg=dict(embed_dims=dims, feedforward_channels=2 * dims, ffn_drop=0.0))),
+        loss_cls=dict(class_weight=[1.0] * _base_.num_seen + [0.1])),
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))
 optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=4e-3, weight_decay=1e-4),

@@ -35,7 +35,7 @@ commit Detic pins (8745e01, in ``third_party/CenterNet2``) exist, in this reposi
     # or: DETIC_ROOT=/path/to/Detic .venv/bin/python tests/golden/make_detic_golden.py
 
 Without a checkout it stops with a message. Detic's code is imported from the checkout, never
-copied here; ``tests/test_det_golden.py`` compares pomp_det against what this writes.
+copied here; ``tests/det/test_golden.py`` compares pomp_det against what this writes.
 
 Patches, all applied in memory here (the checkout is read as it is):
 - ``clip`` (OpenAI's package, imported by Detic's text encoder, which this model does not use:

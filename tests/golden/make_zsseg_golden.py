@@ -1,4 +1,4 @@
-"""Golden outputs of zsseg's own stage-(b) model for ``tests/test_seg_golden.py``.
+"""Golden outputs of zsseg's own stage-(b) model for ``tests/seg/test_golden.py``.
 
 Builds zsseg's ``ZeroShotMaskFormer`` as the POMP release's VOC config does
 (``configs/voc-11k-15/zero_shot_maskformer_R101c_pomp_prompt_bs16_20k.yaml``: DeepLab R-103

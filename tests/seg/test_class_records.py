@@ -167,7 +167,7 @@ def test_prompt_tuner_crops_a_records_class_alone():
                               clip_pretrained=None, init_words="a photo of a", crops_per_image=None, min_pixels=1))
     seen_masks = []
     real = model.crops.crops
-    model.crops.crops = lambda img, masks: seen_masks.append(masks.clone()) or real(img, masks)
+    model.crops.crops = lambda img, masks, **kw: seen_masks.append(masks.clone()) or real(img, masks, **kw)
     samples = []
     for labels, record in (([0, 3, 4], 3), ([5, 6], 2), ([1, 7], None)):  # 2 is absent: no crop
         seg = torch.full((1, 40, 60), 255)

@@ -21,7 +21,7 @@ from mmseg.registry import DATASETS, MODELS  # noqa: E402
 
 import pomp_seg  # noqa: E402
 from pomp_seg.clip import CLIP_MEAN, CLIP_STD  # noqa: E402
-from pomp_seg.crop_classifier import CLIPCropClassifier, random_resized_masked_crop  # noqa: E402
+from pomp_seg.crop_classifier import CLIPCropClassifier  # noqa: E402
 from tests.seg.seg_fixtures import ROOT, SEG_CONFIGS, TINY_MODEL, make_coco_stuff, make_voc, override_config  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -71,8 +71,8 @@ def test_stage_b_lr_decays_polynomially_to_zero_for_head_and_backbone(config):
 def test_stage_a_lr_is_zssegs_constant_warmup_then_cosine():
     cfg = Config.fromfile(str(SEG_CONFIGS / "zsseg-prompt_voc12aug.py"))
     assert cfg.optim_wrapper.optimizer.lr == 0.02 and cfg.optim_wrapper.optimizer.weight_decay == 5e-4
-    assert cfg.train_cfg.max_iters == 3200 and cfg.model.crops_per_image == 1
-    assert cfg.train_dataloader.batch_size * 8 == 32  # 32 crops on 8 GPUs
+    assert cfg.train_cfg.max_iters == 3200 and cfg.model.crop_in_pipeline  # one view per record
+    assert cfg.train_dataloader.batch_size * 8 == 32  # 32 views on 8 GPUs
     lr = _lrs(cfg, 400)[:, 0]
     cosine = 0.02 * 0.5 * (1 + np.cos(np.pi * np.arange(400) / 400))
     assert np.allclose(lr[:99], 0.005 * cosine[:99], rtol=1e-5)  # mmengine lifts it after step 99
@@ -211,32 +211,16 @@ def test_hand_templates_are_clips_template_ensemble(tiny_clip):
     torch.testing.assert_close(enc.class_embeddings(["cat", "sofa"]), F.normalize(sum(feats) / 2, dim=-1))
 
 
-def test_stage_a_crops_one_random_resized_view_per_image(tiny_clip):
-    img = torch.randn(3, 40, 60)
-    mask = torch.zeros(40, 60, dtype=torch.bool)
-    mask[10:30, 5:45] = True
-    mask[10, 5] = False
-    full = random_resized_masked_crop(img, mask, 20, scale=(1.0, 1.0), ratio=(2.0, 2.0))
-    expected = F.interpolate((img * mask)[None, :, 10:30, 5:45], size=(20, 20), mode="bilinear", align_corners=False)[0]
-    torch.testing.assert_close(full, expected)  # the whole box when scale and ratio allow it
-    part = random_resized_masked_crop(img, mask, 20, scale=(0.1, 0.2), generator=torch.Generator().manual_seed(0))
-    assert part.shape == (3, 20, 20) and not torch.allclose(part, full)
-    model = MODELS.build(dict(type="PromptTuner", class_split="ZeroShotVOCDataset", clip_model="pomp-tiny",
-                              clip_pretrained=None, init_words="a photo of a", crops_per_image=1,
-                              random_resized_crop=dict(scale=(0.08, 1.0))))
-    batch = []
-    real = model.crops.image_features
-    model.crops.image_features = lambda crops: batch.append(len(crops)) or real(crops)
-    from mmengine.structures import PixelData
-    from mmseg.structures import SegDataSample
-    samples = []
-    for labels in ([0, 3, 4], [5, 6]):
-        seg = torch.full((1, 40, 60), 255)
-        for k, c in enumerate(labels):
-            seg[0, 5 * k:5 * k + 8, 10 * k:10 * k + 12] = c
-        samples.append(SegDataSample(gt_sem_seg=PixelData(data=seg)))
-    loss = model.loss(torch.randn(2, 3, 40, 60), samples)
-    assert batch == [2] and loss["loss_prompt"].requires_grad
+def test_stage_a_cuts_zssegs_view_in_the_pipeline_and_fills_it_with_zssegs_grey():
+    for config in ("zsseg-prompt_voc12aug.py", "zsseg-prompt_coco-stuff164k.py"):
+        cfg = Config.fromfile(str(SEG_CONFIGS / config))
+        inner = cfg.train_dataloader.dataset.dataset
+        pipeline = (inner.get("datasets") or [inner])[0].pipeline
+        assert [t.type for t in pipeline] == ["LoadImageFromFile", "LoadAnnotations", "RecordMaskCrop",
+                                              "RandomFlip", "PackSegInputs"]
+        crop = pipeline[2]
+        assert (tuple(crop.size), tuple(crop.scale), crop.drop_empty) == ((244, 224), (0.08, 1.0), True)
+        assert (cfg.model.crop_in_pipeline, cfg.model.fill, cfg.model.min_pixels) == (True, "normalised_mean", 1)
 
 
 @pytest.mark.parametrize("config,lam,thr", [("zsseg-r101c_coco-stuff164k_test-ade20k.py", 0.5, 0.4),

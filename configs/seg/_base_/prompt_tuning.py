@@ -1,23 +1,22 @@
 # Stage (a) without the dataset, ZSSeg's zero_shot_proposal_classification_learn_prompt: CLIP
-# ViT-B/16 and the POMP release prompt; ZSSeg's (image, class) records (the dataset configs
-# wrap their set in ClassRecordDataset, SAMPLE_PER_CLASS records per seen class), each
-# cropped from the full image for its class (any non-empty mask: min_pixels=1), a
-# random-resized crop of its box, the rest of the crop filled with the mean; SGD lr 0.02,
-# momentum 0.9, weight decay 5e-4, batch 32 crops (4 records x 8 GPUs), 100 iterations at
-# 0.005x the lr, cosine decay. crops_per_image=1 applies when records are off
-# (train_dataloader.dataset.sample_per_class=None: one crop of a random seen class per image).
-custom_imports = dict(imports=['pomp_seg'], allow_failed_imports=False)
+# ViT-B/16 and the POMP release prompt; ZSSeg's (image, class) records (a stage-(a) config
+# wraps its dataset's training splits in ClassRecordDataset, sample_per_class records per seen
+# class), each cut by RecordMaskCrop as ZSSeg's mapper cuts it (the mask's box, a random-resized
+# crop to 244 x 224, the mask resized nearest; a view without the class is replaced by another
+# record), flipped, then filled outside the mask with CLIP's mean in normalised units
+# (fill='normalised_mean', ZSSeg's light grey; fill='mean' is the mean colour) and classified at
+# that size, logits at ZSSeg's fixed temperature 100. SGD lr 0.02, momentum 0.9, weight
+# decay 5e-4, batch 32 views (4 records x 8 GPUs), 100 iterations at 0.005x the lr, cosine decay.
+_base_ = ['./clip_preprocessor.py']
 model = dict(
     type='PromptTuner', class_split=None, clip_model='ViT-B-16', clip_pretrained='openai',
     prompt='checkpoints/pomp_vit_b16_in21k.pth.tar',
-    min_pixels=1, crops_per_image=1, random_resized_crop=dict(scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
-    data_preprocessor=dict(type='SegDataPreProcessor',
-                           mean=[122.770938, 116.7460125, 104.09373615],
-                           std=[68.5005327, 66.6321579, 70.32316305], bgr_to_rgb=True,
-                           pad_val=0, seg_pad_val=255, size_divisor=32))
-full_image_pipeline = [  # no resize: crops come from the full image
+    min_pixels=1, crop_in_pipeline=True, fill='normalised_mean', temperature=100.0,
+    data_preprocessor=_base_.data_preprocessor)
+record_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
+    dict(type='RecordMaskCrop', size=(244, 224), scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), drop_empty=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackSegInputs'),
 ]

@@ -3,17 +3,16 @@
 # MaskFormer proposal head (100 queries, 6 decoder layers) whose queries reach text space
 # through a 2-layer MLP; text features of the stage-(a) prompt through CLIP ViT-B/16 and
 # the CLIP crop ensemble at test time (crops re-normalised with CLIP's statistics).
-custom_imports = dict(imports=['pomp_seg'], allow_failed_imports=False)
+_base_ = ['./models/maskformer_proposal_head.py']
 data_preprocessor = dict(
     type='SegDataPreProcessor',
     mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],  # ImageNet, for the backbone
     bgr_to_rgb=True, pad_val=0, seg_pad_val=255, size=(512, 512),
     test_cfg=dict(size_divisor=32))
-num_seen = 15
 model = dict(
     type='ZSSegSegmentor',
     data_preprocessor=data_preprocessor,
-    seen_classes=None,  # set by the dataset config
+    seen_classes=None,  # set by the dataset config, as decode_head.num_classes and its class weights
     ensemble_lambda=0.7,
     mask_threshold=0.5,
     text_encoder=dict(type='POMPTextEncoder', dataset_name=None, clip_model='ViT-B-16',
@@ -29,37 +28,16 @@ model = dict(
         contract_dilation=True, frozen_stages=-1,
         init_cfg=dict(type='Pretrained', checkpoint='checkpoints/R-103_mmseg.pth')),
     decode_head=dict(
-        type='MaskProposalHead', embed_dims=512, embed_layers=2, embed_hidden_dims=1024,
-        temperature=100.0, num_classes=num_seen,
+        embed_dims=512, embed_layers=2, embed_hidden_dims=1024,
         in_channels=[256, 512, 1024, 2048], in_index=[0, 1, 2, 3], feat_channels=256,
         out_channels=256, num_queries=100,
-        pixel_decoder=dict(type='mmdet.PixelDecoder', norm_cfg=dict(type='GN', num_groups=32),
-                           act_cfg=dict(type='ReLU')),
+        pixel_decoder=dict(norm_cfg=dict(type='GN', num_groups=32)),
         enforce_decoder_input_project=False,
         positional_encoding=dict(num_feats=128, normalize=True),
-        transformer_decoder=dict(
-            return_intermediate=True, num_layers=6,
-            layer_cfg=dict(
-                self_attn_cfg=dict(embed_dims=256, num_heads=8, attn_drop=0.1, proj_drop=0.1,
-                                   dropout_layer=None, batch_first=True),
-                cross_attn_cfg=dict(embed_dims=256, num_heads=8, attn_drop=0.1, proj_drop=0.1,
-                                    dropout_layer=None, batch_first=True),
-                ffn_cfg=dict(embed_dims=256, feedforward_channels=2048, num_fcs=2,
-                             act_cfg=dict(type='ReLU', inplace=True), ffn_drop=0.1,
-                             dropout_layer=None, add_identity=True)),
-            init_cfg=None),
-        loss_cls=dict(type='mmdet.CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0,
-                      reduction='mean', class_weight=[1.0] * num_seen + [0.1]),
-        loss_mask=dict(type='mmdet.FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
-                       reduction='mean', loss_weight=20.0),
-        loss_dice=dict(type='mmdet.DiceLoss', use_sigmoid=True, activate=True, reduction='mean',
-                       naive_dice=True, eps=1.0, loss_weight=1.0),
-        train_cfg=dict(
-            assigner=dict(type='mmdet.HungarianAssigner', match_costs=[
-                dict(type='mmdet.ClassificationCost', weight=1.0),
-                dict(type='mmdet.FocalLossCost', weight=20.0, binary_input=True),
-                dict(type='mmdet.DiceCost', weight=1.0, pred_act=True, eps=1.0)]),
-            sampler=dict(type='mmdet.MaskPseudoSampler'))),
+        transformer_decoder=dict(num_layers=6, layer_cfg=dict(
+            self_attn_cfg=dict(embed_dims=256, num_heads=8, attn_drop=0.1, proj_drop=0.1),
+            cross_attn_cfg=dict(embed_dims=256, num_heads=8, attn_drop=0.1, proj_drop=0.1),
+            ffn_cfg=dict(embed_dims=256, feedforward_channels=2048, ffn_drop=0.1)))),
     train_cfg=dict(),
     test_cfg=dict(mode='whole'))
 # AdamW 1e-4, backbone x0.1, no decay on norms and query embeddings, full-model gradient

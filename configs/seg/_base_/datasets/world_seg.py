@@ -3,6 +3,7 @@
 custom_imports = dict(imports=['pomp_seg'], allow_failed_imports=False)
 dataset_type = 'WorldSegDataset'
 data_root = 'output/world/segmentation'
+num_seen = 15  # seen classes of the world's default 20-class segmentation vocabulary
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations'),
