@@ -136,6 +136,7 @@ def test_stale_temporaries_of_dead_processes_only_are_removed(tmp_path):
         (tmp_path / n).write_text("x")
     try:
         durable.remove_stale_temporaries(tmp_path, "f.pt")
+        assert live.poll() is None  # asked whether it lives, not signalled
     finally:
         live.kill()
         live.wait()
@@ -305,12 +306,10 @@ def test_randaugment2_draws_from_torchs_generator_by_default():
 # ------------------------------------------------------------------ tools/export_prompt.py
 @pytest.fixture()
 def export_prompt():
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import export_prompt as module
-    finally:
-        sys.path.pop(0)
-    return module
+    import importlib
+
+    # by its package path (tools/ is a namespace package): mutmut traces tools.export_prompt
+    return importlib.import_module("tools.export_prompt")
 
 
 def test_export_prompt_defaults_fp16_no_best_and_the_prompts_epoch(tmp_path, export_prompt):
@@ -344,3 +343,33 @@ def test_export_prompt_epoch_flag_overrides_the_prompts(tmp_path, export_prompt,
 def test_similarity_proposal_needs_a_refresh_first():
     with pytest.raises(AssertionError, match=r"^refresh\(\) must run before the first step$"):
         SimilarityProposal(4, 3, 0.1, 0.5).distribution(torch.tensor([0]))
+
+
+def test_a_process_of_another_user_counts_as_alive(monkeypatch):
+    def denied(pid, sig):
+        raise PermissionError(pid)
+    monkeypatch.setattr(durable.os, "kill", denied)
+    assert durable._alive(12345) is True
+
+    def gone(pid, sig):
+        raise ProcessLookupError(pid)
+    monkeypatch.setattr(durable.os, "kill", gone)
+    assert durable._alive(12345) is False
+
+
+def test_fsync_file_keeps_the_content(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"abc")
+    durable.fsync_file(path)
+    assert path.read_bytes() == b"abc"
+
+
+def test_atomic_torch_save_passes_its_kill_point(tmp_path, monkeypatch):
+    kills = []
+    monkeypatch.setattr(durable.os, "kill", lambda pid, sig: kills.append(sig))
+    monkeypatch.setattr(durable.logging, "shutdown", lambda: None)
+    monkeypatch.setenv(durable.KILL_ENV, "ckpt:3")
+    durable.atomic_torch_save({"a": 1}, tmp_path / "a.pt", kill_name="ckpt", step=2)
+    assert kills == []
+    durable.atomic_torch_save({"a": 1}, tmp_path / "a.pt", kill_name="ckpt", step=3)
+    assert kills == [durable.signal.SIGKILL]
