@@ -115,8 +115,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, int]:
     workdir = args.workdir or REPO / "build" / "mutation" / module.replace("/", ".")[:-3]
     setup_folder(module, tests, workdir)
     # the copy under mutants/ must be what the tests import, never the repository
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO]
+    env["PYTHONPATH"] = os.pathsep.join(kept)
     with open(workdir / "mutmut-run.log", "w") as log:  # mutmut's progress spinner: kept out of the terminal
         run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
                              cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
