@@ -373,3 +373,26 @@ def test_atomic_torch_save_passes_its_kill_point(tmp_path, monkeypatch):
     assert kills == []
     durable.atomic_torch_save({"a": 1}, tmp_path / "a.pt", kill_name="ckpt", step=3)
     assert kills == [durable.signal.SIGKILL]
+
+
+def test_export_prompt_flags_best_trusted_and_bad_values(tmp_path, export_prompt):
+    import argparse
+
+    ctx = torch.randn(3, 8)
+    raw = tmp_path / "model.pth.tar-6"  # a raw Dassl checkpoint: pickles an object
+    torch.save({"state_dict": {"ctx": ctx}, "epoch": 6, "scheduler": argparse.Namespace(step=1)}, raw)
+    with pytest.raises(ValueError, match="trusted=True"):
+        export_prompt.main(["--prompt", str(raw), "--out", str(tmp_path / "a")])
+    path = export_prompt.main(["--prompt", str(raw), "--out", str(tmp_path / "b"), "--trusted", "--best"])
+    assert path == tmp_path / "b" / "prompt_learner" / "model.pth.tar-6"
+    best = torch.load(path.parent / "model-best.pth.tar", weights_only=True)
+    assert best["epoch"] == 6 and torch.equal(best["state_dict"]["ctx"], ctx.half())
+    for bad in (["--out", "x"], ["--prompt", "p"], ["--prompt", "p", "--out", "x", "--dtype", "bf16"],
+                ["--prompt", "p", "--out", "x", "--epoch", "five"]):
+        with pytest.raises(SystemExit):
+            export_prompt.parse_args(bad)
+    import pomp_core
+
+    plain = pomp_core.save_prompt(PromptLearner(n_ctx=2, width=8), tmp_path / "plain.pth")
+    with pytest.raises(ValueError, match="records no epoch: pass --epoch N"):
+        export_prompt.main(["--prompt", str(plain), "--out", str(tmp_path / "c")])
