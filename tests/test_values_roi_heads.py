@@ -192,3 +192,68 @@ def test_cascade_test_score_is_sqrt_of_the_stage_mean_times_objectness():
         got = out[i].scores.sort(descending=True).values
         torch.testing.assert_close(got, want[: len(got)], rtol=1e-5, atol=1e-6)
         assert len(got) == len(want)
+
+
+def heads_cfg(tmp_path, name, **extra):
+    import numpy as np
+
+    from pomp_det.cfg_loader import get_pomp_cfg
+
+    emb = tmp_path / "emb.npy"
+    np.save(emb, np.random.default_rng(0).normal(size=(C, 5)).astype(np.float16))
+    cfg = get_pomp_cfg()
+    cfg.MODEL.ROI_HEADS.NAME, cfg.MODEL.ROI_HEADS.NUM_CLASSES = name, C
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2"]
+    cfg.MODEL.ROI_BOX_HEAD.NAME, cfg.MODEL.ROI_BOX_HEAD.NUM_FC = "FastRCNNConvFCHead", 1
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM, cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 6, 3
+    cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
+    cfg.MODEL.POMP.EMBEDDINGS, cfg.MODEL.POMP.EMBED_DIM = str(emb), 5
+    cfg.MODEL.POMP.FED_LOSS_WEIGHTS, cfg.DATASETS.TRAIN = "train_boxes", ()
+    cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = WEIGHTS
+    cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = (0.5, 0.6, 0.7)
+    for k, v in extra.items():
+        node, *path = k.split(".")
+        target = cfg
+        for part in [node, *path][:-1]:
+            target = target[part]
+        target[k.split(".")[-1]] = v
+    return cfg
+
+
+def test_cascade_heads_from_a_config_share_one_vocabulary_and_weight_source(tmp_path):
+    from detectron2.modeling.roi_heads import build_roi_heads
+
+    cfg = heads_cfg(tmp_path, "PompCascadeROIHeads", **{"DATALOADER.MULTI_DATASET": True})
+    heads = build_roi_heads(cfg, {"p2": ShapeSpec(channels=CH, stride=4)})
+    preds = list(heads.box_predictor)
+    assert heads.image_label_training and len(preds) == 3
+    assert [tuple(p.box2box_transform.weights) for p in preds] == WEIGHTS
+    for p in preds:
+        torch.testing.assert_close(p.cls_score.embeddings, preds[0].cls_score.embeddings)
+        assert not p.proposal_score_in_probs and p.mult_proposal_score
+        assert p._fed_loss_weight_source is preds[0]._fed_loss_weight_source is not None
+        torch.testing.assert_close(p._fed_loss_weight_source(), torch.ones(C))
+    assert heads._image_label_keys() == ["loss_image_label_stage0", "loss_image_label_stage1",
+                                         "loss_image_label_stage2"]
+    heads.set_class_embeddings(torch.randn(7, 5), torch.arange(7.0))
+    assert heads.num_classes == 7 and all(p.num_classes == 7 for p in preds)
+    assert all(torch.equal(p.fed_loss_weight, torch.arange(7.0)) for p in preds)
+
+
+def test_standard_heads_from_a_config(tmp_path):
+    from detectron2.modeling.roi_heads import build_roi_heads
+
+    cfg = heads_cfg(tmp_path, "PompROIHeads")
+    heads = build_roi_heads(cfg, {"p2": ShapeSpec(channels=CH, stride=4)})
+    assert not heads.image_label_training
+    assert isinstance(heads.box_predictor, PompFastRCNNOutputLayers) and heads.box_predictor.proposal_score_in_probs
+    assert heads._predictors() == [heads.box_predictor] and heads._image_label_keys() == ["loss_image_label"]
+    mask_cfg = heads_cfg(tmp_path, "PompROIHeads", **{"MODEL.MASK_ON": True, "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": False})
+    masked = build_roi_heads(mask_cfg, {"p2": ShapeSpec(channels=CH, stride=4)})
+    with pytest.raises(ValueError, match="CLS_AGNOSTIC_MASK"):
+        masked.set_class_embeddings(torch.randn(7, 5))
+    agnostic = build_roi_heads(heads_cfg(tmp_path, "PompROIHeads", **{"MODEL.MASK_ON": True,
+                                                                      "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": True}),
+                               {"p2": ShapeSpec(channels=CH, stride=4)})
+    agnostic.set_class_embeddings(torch.randn(7, 5))
+    assert agnostic.num_classes == 7
