@@ -172,7 +172,7 @@ def test_cascade_test_score_is_sqrt_of_the_stage_mean_times_objectness():
     model = cascade().eval()
     feats, proposals = inputs()
     with torch.no_grad():
-        out = model(None, feats, proposals)[0]
+        out, no_losses = model(None, feats, proposals)
         boxes, probs = [p.proposal_boxes.tensor for p in proposals], []
         for k in range(3):
             pred, scores, deltas = run_stage(model, k, feats, boxes)
@@ -192,6 +192,52 @@ def test_cascade_test_score_is_sqrt_of_the_stage_mean_times_objectness():
         got = out[i].scores.sort(descending=True).values
         torch.testing.assert_close(got, want[: len(got)], rtol=1e-5, atol=1e-6)
         assert len(got) == len(want)
+        # the boxes are the last stage's (class-agnostic: each proposal's box for every class)
+        final = torch.unique(boxes[i], dim=0)
+        torch.testing.assert_close(torch.unique(out[i].pred_boxes.tensor, dim=0), final)
+    assert no_losses == {}  # no loss keys at test time, image-label training or not
+
+
+def test_cascade_test_score_without_objectness_is_the_stage_mean():
+    model = cascade().eval()
+    feats, proposals = inputs()
+    for p in proposals:
+        p.remove("objectness_logits")
+    with torch.no_grad():
+        out = model(None, feats, proposals)[0]
+        boxes, probs = [p.proposal_boxes.tensor for p in proposals], []
+        for k in range(3):
+            pred, scores, deltas = run_stage(model, k, feats, boxes)
+            probs.append(scores.sigmoid())
+            new = pred.box2box_transform.apply_deltas(deltas, torch.cat(boxes)).split([6, 3])
+            boxes = []
+            for b, p in zip(new, proposals):
+                h, w = p.image_size
+                b = b.clone()
+                b[:, 0::2] = b[:, 0::2].clamp(0, w)
+                b[:, 1::2] = b[:, 1::2].clamp(0, h)
+                boxes.append(b)
+    score = ((probs[0] + probs[1] + probs[2]) / 3)[:, :C]
+    want = score[:6].flatten().sort(descending=True).values
+    torch.testing.assert_close(out[0].scores.sort(descending=True).values, want, rtol=1e-5, atol=1e-6)
+
+
+def test_image_label_batches_of_a_mask_model_log_a_zero_mask_loss(tmp_path):
+    from detectron2.modeling.roi_heads import build_roi_heads
+
+    cfg = heads_cfg(tmp_path, "PompROIHeads", **{"MODEL.MASK_ON": True, "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": True})
+    heads = build_roi_heads(cfg, {"p2": ShapeSpec(channels=CH, stride=4)}).train()
+    feats, proposals = inputs()
+    with EventStorage():
+        _, losses = heads(None, feats, proposals, image_labels=LABELS)
+    assert set(losses) == {"loss_image_label", "loss_cls", "loss_box_reg", "loss_mask"}
+    assert float(losses["loss_mask"]) == 0 and losses["loss_mask"].requires_grad
+    cfg = heads_cfg(tmp_path, "PompCascadeROIHeads", **{"MODEL.MASK_ON": True,
+                                                         "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": True})
+    heads = build_roi_heads(cfg, {"p2": ShapeSpec(channels=CH, stride=4)}).train()
+    with EventStorage():
+        _, losses = heads(None, feats, proposals, image_labels=LABELS)
+    assert float(losses["loss_mask"]) == 0 and len(losses) == 10
 
 
 def heads_cfg(tmp_path, name, **extra):

@@ -91,13 +91,15 @@ def counts(workdir: Path, env: Dict[str, str]) -> Dict[str, int]:
 def survivors(workdir: Path, env: Dict[str, str]) -> str:
     out = subprocess.run([sys.executable, "-m", "mutmut", "results"], cwd=workdir, env=env,
                          capture_output=True, text=True, check=True).stdout
-    diffs = []
+    diffs, untested = [], []
     for line in out.splitlines():
         m = re.match(r"\s+(\S+): (survived|no tests|timeout|suspicious)$", line)
-        if m:
+        if m and m.group(2) == "no tests":  # names only: no covering test ran the function
+            untested.append(f"# {m.group(1)}: no tests")
+        elif m:
             diffs.append(subprocess.run([sys.executable, "-m", "mutmut", "show", m.group(1)], cwd=workdir, env=env,
                                         capture_output=True, text=True).stdout)
-    return "\n".join(diffs)
+    return "\n".join(diffs + untested)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, int]:
