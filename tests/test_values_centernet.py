@@ -17,7 +17,7 @@ from pomp_det.centernet.head import CenterNetHead  # noqa: E402
 from pomp_det.centernet.proposal_generator import CenterNet  # noqa: E402
 
 STRIDES = [4, 8]
-SOI = [[0.0, 15.0], [12.0, 1e8]]
+SOI = [[0.0, 15.0], [10.0, 1e8]]
 SHAPES = [(11, 15), (6, 8)]  # an image of 44 x 60
 
 
@@ -33,10 +33,11 @@ def gt(boxes, size=(44, 60)):
     return inst
 
 
-# box 0: half diagonal 10 (level 0 only), box 1: 13 (both levels), box 2: exactly 15 (both:
-# the range's bounds are inclusive), box 3 in image 1: 25 (level 1); image 0 of the batch is empty
+# box 0: half diagonal exactly 10 (both levels: the bounds are inclusive), box 1: 13 (both),
+# box 2: exactly 15 (both), box 3 in image 2: 25 (level 1), box 4: a 3 x 3 box whose one
+# regressed location is less than a stride from each side; image 0 of the batch is empty
 BOXES = [[], [[3.0, 5.0, 15.0, 21.0], [30.0, 9.0, 54.0, 19.0], [17.0, 20.0, 35.0, 44.0]],
-         [[10.0, 4.0, 50.0, 34.0]]]
+         [[10.0, 4.0, 50.0, 34.0], [41.0, 29.0, 44.0, 32.0]]]
 
 
 def hand_targets(boxes_per_image, min_overlap=0.8, min_radius=4.0):
@@ -92,7 +93,7 @@ def test_targets_equal_the_per_location_hand_computation():
     pos, heat, reg = gen.targets(gen.grids(f), SHAPES, [gt(b) for b in BOXES])
     want_pos, want_heat, want_reg = hand_targets(BOXES)
     assert sorted(pos.tolist()) == want_pos
-    assert len(want_pos) == 1 + 2 + 2 + 1  # box 1 and box 2 on both levels
+    assert len(want_pos) == 2 + 2 + 2 + 1 + 1  # boxes 0-2 on both levels
     np.testing.assert_allclose(heat.numpy(), want_heat, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(reg.numpy(), want_reg, rtol=1e-5, atol=1e-4)
     assert 0 < int((heat > 0).sum()) < heat.numel() and (heat[pos] == 1).all()
@@ -125,6 +126,15 @@ def focal(p_logits, target, pos, alpha=0.25, beta=4.0, gamma=2.0, clamp=1e-4):
     return alpha * pos_l, (1 - alpha) * neg_l
 
 
+def iou(pred, target):
+    out = []
+    for (pl, pt, pr, pb), (tl, tt, tr, tb) in zip(pred, target):
+        inter = (min(pl, tl) + min(pr, tr)) * (min(pt, tt) + min(pb, tb))
+        union = (pl + pr) * (pt + pb) + (tl + tr) * (tt + tb) - inter
+        out.append((inter + 1) / (union + 1))
+    return np.array(out)
+
+
 def giou(pred, target):
     out = []
     for (pl, pt, pr, pb), (tl, tt, tr, tb) in zip(pred, target):
@@ -138,7 +148,8 @@ def giou(pred, target):
 
 
 def test_losses_normalise_by_positives_and_by_regressed_locations():
-    gen = generator(pos_weight=0.5, neg_weight=0.7, reg_weight=3.0).train()
+    gen = generator(pos_weight=0.5, neg_weight=0.7, reg_weight=3.0, focal_alpha=0.4, focal_beta=3.0,
+                    focal_gamma=1.5, loc_loss_type="linear_iou").train()
     f = feats(3)
     images = ImageList(torch.zeros(3, 3, 44, 60), [(44, 60)] * 3)
     _, losses = gen(images, {"p2": f[0], "p3": f[1]}, [gt(b) for b in BOXES])
@@ -146,9 +157,11 @@ def test_losses_normalise_by_positives_and_by_regressed_locations():
     heat_p = torch.cat([h.flatten(1) for h in heat_l], 1).reshape(-1).detach().double().numpy()
     reg_p = torch.cat([r.flatten(2) for r in regs], 2).permute(0, 2, 1).reshape(-1, 4).detach().double().numpy()
     pos, heat_t, reg_t = hand_targets(BOXES)
-    pos_l, neg_l = focal(heat_p, heat_t, pos)
+    pos_l, neg_l = focal(heat_p, heat_t, pos, alpha=0.4, beta=3.0, gamma=1.5)
     valid = reg_t.max(1) >= 0
-    reg_l = giou(reg_p[valid], reg_t[valid]).sum()
+    assert (reg_t[valid].max(1) < 1).any()  # box 4's location counts though under a stride
+    reg_l = (1 - iou(reg_p[valid], reg_t[valid])).sum()
+    assert isinstance(_[0], Instances) and len(_) == 3
     assert float(losses["loss_centernet_agn_pos"]) == pytest.approx(0.5 * pos_l / len(pos), rel=1e-4)
     assert float(losses["loss_centernet_agn_neg"]) == pytest.approx(0.7 * neg_l / len(pos), rel=1e-4)
     assert float(losses["loss_centernet_loc"]) == pytest.approx(3.0 * reg_l / valid.sum(), rel=1e-4)
@@ -220,13 +233,13 @@ def test_from_config_passes_each_key_to_its_place():
     cfg.MODEL.PROPOSAL_GENERATOR.NAME = "CenterNet"
     c = cfg.MODEL.CENTERNET
     c.IN_FEATURES, c.FPN_STRIDES, c.SOI = ["p3", "p4"], [8, 16], [[0, 30], [25, 1e8]]
-    c.NORM, c.NUM_BOX_CONVS, c.NUM_SHARE_CONVS, c.PRIOR_PROB = "", 1, 2, 0.05
+    c.NORM, c.NUM_BOX_CONVS, c.NUM_SHARE_CONVS, c.PRIOR_PROB = "GN", 1, 2, 0.05
     c.HM_MIN_OVERLAP, c.MIN_RADIUS, c.HM_FOCAL_ALPHA, c.HM_FOCAL_BETA, c.LOSS_GAMMA = 0.7, 3, 0.3, 3, 1.5
     c.SIGMOID_CLAMP, c.IGNORE_HIGH_FP, c.POS_WEIGHT, c.NEG_WEIGHT, c.REG_WEIGHT = 1e-3, 0.85, 0.4, 0.6, 1.7
     c.LOC_LOSS_TYPE, c.INFERENCE_TH = "linear_iou", 0.11
     c.PRE_NMS_TOPK_TRAIN, c.PRE_NMS_TOPK_TEST, c.POST_NMS_TOPK_TRAIN, c.POST_NMS_TOPK_TEST = 11, 12, 13, 14
     c.NMS_TH_TRAIN, c.NMS_TH_TEST = 0.55, 0.65
-    shapes = {"p3": ShapeSpec(channels=16, stride=8), "p4": ShapeSpec(channels=16, stride=16)}
+    shapes = {"p3": ShapeSpec(channels=32, stride=8), "p4": ShapeSpec(channels=32, stride=16)}
     gen = build_proposal_generator(cfg, shapes)
     assert (gen.in_features, gen.strides, gen.sizes_of_interest) == (["p3", "p4"], [8, 16], [[0.0, 30.0], [25.0, 1e8]])
     assert gen.delta == pytest.approx(0.3 / 1.7) and gen.min_radius == 3
@@ -235,7 +248,8 @@ def test_from_config_passes_each_key_to_its_place():
     assert (gen.loc_loss_type, gen.score_thresh) == ("linear_iou", 0.11)
     assert (gen.pre_nms_topk, gen.post_nms_topk, gen.nms_thresh) == ((11, 12), (13, 14), (0.55, 0.65))
     head = gen.centernet_head
-    assert len(head.bbox_tower) == 2 and len(head.share_tower) == 4 and len(head.scales) == 2  # conv + ReLU each
+    assert len(head.bbox_tower) == 3 and len(head.share_tower) == 6 and len(head.scales) == 2  # conv, GN, ReLU
+    assert isinstance(head.bbox_tower[1], torch.nn.GroupNorm)
     assert float(head.agn_hm.bias) == pytest.approx(-math.log(0.95 / 0.05))
     with pytest.raises(ValueError, match="p6"):
         c.IN_FEATURES = ["p3", "p6"]
@@ -243,5 +257,62 @@ def test_from_config_passes_each_key_to_its_place():
     c.IN_FEATURES = ["p3", "p4"]
     with pytest.raises(ValueError, match="equal width"):
         build_proposal_generator(cfg, {"p3": ShapeSpec(channels=16), "p4": ShapeSpec(channels=8)})
+    c.WITH_AGN_HM = False
+    with pytest.raises(ValueError, match=r"^pomp_det's CenterNet is CenterNet2's proposal network: set "
+                       r"MODEL\.CENTERNET\.ONLY_PROPOSAL and WITH_AGN_HM True \(the one-stage per-class "
+                       r"detector is not implemented\)$"):
+        build_proposal_generator(cfg, shapes)
     with pytest.raises(ValueError, match="one entry per level"):
         CenterNet(head=gen.centernet_head, in_features=["p3"], strides=[8, 16], sizes_of_interest=[[0, 1]])
+
+
+def test_targets_of_a_batch_without_boxes_and_grids_of_odd_strides():
+    gen = generator()
+    f = feats(2)
+    pos, heat, reg = gen.targets(gen.grids(f), SHAPES, [gt([]), gt([])])
+    assert pos.dtype == torch.long and pos.numel() == 0
+    assert heat.abs().sum() == 0 and (reg < 0).all()
+    odd = CenterNet(head=gen.centernet_head, in_features=["a", "b"], strides=[3, 5], sizes_of_interest=SOI)
+    g = odd.grids([torch.zeros(1, 8, 2, 3), torch.zeros(1, 8, 1, 2)])
+    assert g[0].tolist() == [[1, 1], [4, 1], [7, 1], [1, 4], [4, 4], [7, 4]]  # + stride // 2
+    assert g[1].tolist() == [[2, 2], [7, 2]]
+
+
+def test_three_levels_offset_the_positive_indices_by_every_lower_level():
+    head = CenterNetHead(8, 3, norm="", num_box_convs=0)
+    gen = CenterNet(head=head, in_features=["a", "b", "c"], strides=[4, 8, 16],
+                    sizes_of_interest=[[0, 8], [8, 16], [16, 1e8]])
+    f = [torch.zeros(1, 8, 11, 15), torch.zeros(1, 8, 6, 8), torch.zeros(1, 8, 3, 4)]
+    box = [[4.0, 2.0, 44.0, 32.0]]  # half diagonal 25: level 2 only, centre (24, 17)
+    pos, _, _ = gen.targets(gen.grids(f), [x.shape[-2:] for x in f], [gt(box)])
+    assert pos.tolist() == [165 + 48 + 1 * 4 + 1]
+
+
+def test_loss_normalisers_average_over_ranks(monkeypatch):
+    """With 2 ranks the sums are all-reduced and divided by the world size (here the other
+    rank holds the same counts, so the losses stay those of one rank)."""
+    from detectron2.utils import comm
+
+    gen = generator().train()
+    f = feats(3)
+    images = ImageList(torch.zeros(3, 3, 44, 60), [(44, 60)] * 3)
+    _, one = gen(images, {"p2": f[0], "p3": f[1]}, [gt(b) for b in BOXES])
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda x: x.mul_(2))
+    _, two = gen(images, {"p2": f[0], "p3": f[1]}, [gt(b) for b in BOXES])
+    for k in one:
+        assert float(two[k]) == pytest.approx(float(one[k]), rel=1e-6)
+    monkeypatch.setattr(torch.distributed, "all_reduce", lambda x: x.mul_(4))  # other rank: 3x the counts
+    _, more = gen(images, {"p2": f[0], "p3": f[1]}, [gt(b) for b in BOXES])
+    assert float(more["loss_centernet_loc"]) == pytest.approx(float(one["loss_centernet_loc"]) / 2, rel=1e-6)
+
+
+def test_a_single_regressed_location_is_divided_by_one():
+    gen = generator().train()
+    n = 3 * (165 + 48)
+    reg_t = torch.full((n, 4), -1e8)
+    reg_t[7] = torch.tensor([0.25, 0.5, 0.5, 0.25])
+    reg_p = torch.full((n, 4), 0.5)
+    losses = gen.losses(torch.tensor([7]), torch.zeros(n), reg_t, torch.zeros(n), reg_p)
+    want = 2.0 * giou(reg_p[7:8].double().numpy(), reg_t[7:8].double().numpy()).sum()
+    assert float(losses["loss_centernet_loc"]) == pytest.approx(want, rel=1e-5)

@@ -47,8 +47,17 @@ COVERING: Dict[str, List[str]] = {
     "pomp_det/detic_keys.py": ["tests/test_values_det_data.py"],
     "pomp_det/data/category_counts.py": ["tests/test_values_det_data.py"],
     "pomp_det/data/multi_dataset.py": ["tests/test_values_det_data.py", "tests/test_det_data.py"],
-    "pomp_seg/metric.py": ["tests/test_values_seg_metric.py"],
-    "pomp_seg/crop_classifier.py": ["tests/test_values_seg_metric.py"],
+    "pomp_seg/metric.py": [f"tests/test_seg_components.py::test_metric_{t}" for t in (
+        "against_a_hand_computation", "without_unseen_classes_reports_miou_only")],
+    "pomp_seg/crop_classifier.py": [f"tests/test_seg_components.py::test_masked_crops_{t}" for t in (
+        "fill_outside_the_mask_with_the_mean", "min_size_keeps_the_object_size")]
+    + ["tests/test_seg_recipe.py::test_crops_are_renormalised_from_imagenet_to_clip_statistics"],
+    "pomp_seg/segmentor.py": ["tests/test_seg_recipe.py::test_empty_proposal_gets_a_neutral_clip_probability",
+                              "tests/test_seg_components.py::test_ensemble_formula_by_hand",
+                              "tests/test_seg_components.py::test_pixel_scores_sum_over_queries"],
+    "pomp_seg/text_encoder.py": [f"tests/test_seg_components.py::test_text_encoder_{t}" for t in (
+        "matches_class_embeddings_and_the_clip_text_encoder_call", "caches_frozen_prompt_features",
+        "background_embedding", "bad_input")],
     "pomp_core/embeddings.py": ["tests/test_values_core.py"],
     "pomp_core/text_encoder.py": ["tests/test_values_core.py", "tests/test_text_encoder.py",
                                   "tests/test_mutation_guards.py"],
