@@ -312,3 +312,29 @@ def test_from_config_overrides_share_the_first_stages_embeddings(tmp_path):
     p = PompFastRCNNOutputLayers(cfg, ShapeSpec(channels=6), class_embeddings=emb, fed_loss_weight=weight)
     torch.testing.assert_close(p.cls_score.embeddings, torch.nn.functional.normalize(emb, dim=1))
     assert torch.equal(p.fed_loss_weight, weight) and p._fed_loss_weight_source is None
+
+
+def test_selected_proposal_area_uses_each_boxes_own_corners():
+    boxes = torch.tensor([[60.0, 0.0, 64.0, 10.0],  # 40, far right: x1 + x0 would make it the largest
+                          [0.0, 0.0, 8.0, 8.0],  # 64
+                          [5.0, 30.0, 12.0, 40.0],  # 70, the largest; x1 - y0 < 0
+                          [0.0, 0.0, 100.0, 100.0]])
+    assert selected_proposal(torch.zeros(4, 2), boxes, 0, "max_size") == 2
+    degenerate = torch.tensor([[5.0, 0.0, 0.0, 50.0],  # no width, tall
+                               [0.0, 0.0, 3.0, 3.0],  # 9
+                               [0.0, 5.0, 40.0, 0.0],  # no height, wide
+                               [0.0, 0.0, 100.0, 100.0]])
+    assert selected_proposal(torch.zeros(4, 2), degenerate, 0, "max_size") == 1
+
+
+def test_sigmoid_ce_when_no_box_is_background():
+    gt = torch.tensor([0, 3, 1, 3])
+    p = predictor(use_fed_loss=False)
+    assert float(p.sigmoid_cross_entropy(LOGITS, gt)) == pytest.approx(hand_sigmoid_ce(LOGITS, gt, range(C)), rel=1e-6)
+
+
+def test_losses_of_an_empty_batch_are_zeros():
+    p = predictor(use_fed_loss=False)
+    with EventStorage():
+        losses = p.losses((torch.zeros(0, C + 1, requires_grad=True), torch.zeros(0, 4, requires_grad=True)), [])
+    assert set(losses) == {"loss_cls", "loss_box_reg"} and all(float(v) == 0 for v in losses.values())
