@@ -306,10 +306,14 @@ def test_randaugment2_draws_from_torchs_generator_by_default():
 # ------------------------------------------------------------------ tools/export_prompt.py
 @pytest.fixture()
 def export_prompt():
-    import importlib
+    import importlib.util
 
-    # by its package path (tools/ is a namespace package): mutmut traces tools.export_prompt
-    return importlib.import_module("tools.export_prompt")
+    # named by its path in the repository (mutmut traces tools.export_prompt); loaded from the
+    # file, as detectron2's wheel installs a top-level package named tools
+    spec = importlib.util.spec_from_file_location("tools.export_prompt", REPO / "tools" / "export_prompt.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_export_prompt_defaults_fp16_no_best_and_the_prompts_epoch(tmp_path, export_prompt):
