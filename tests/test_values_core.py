@@ -1,0 +1,402 @@
+"""pomp_core by value: class-specific contexts reach their own class whatever the length
+order, truncated names, the embedding export formats, the durable-file helpers, the
+pre-training proposal distributions and RandAugment2 against Dassl's own loop, and
+tools/export_prompt.py's defaults."""
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageEnhance, ImageOps
+
+from pomp_core import PromptLearner, PromptedTextEncoder
+from pomp_core import durable
+from pomp_core.embeddings import class_embeddings, save_embeddings
+from pomp_core.pretrain.augment import OPS, RandAugment2
+from pomp_core.pretrain.proposals import FrequencyProposal, Proposal, SimilarityProposal, build_proposal
+
+REPO = Path(__file__).resolve().parents[1]
+# token lengths differ and are not in vocabulary order: the encoder sorts by length
+NAMES = ["a rather long kind of tropical fish", "cat", "hot_air_balloon", "tv", "red double decker bus"]
+
+
+# ------------------------------------------------------------------ class embeddings
+def test_class_specific_contexts_each_reach_their_own_class(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    torch.manual_seed(3)
+    prompt = PromptLearner(n_ctx=3, width=64, class_specific=True, n_classes=len(NAMES), init_std=0.5)
+    got = class_embeddings(model, tokenizer, prompt, NAMES, normalize=False, batch_size=2)
+    enc = PromptedTextEncoder(model, tokenizer)
+    with torch.no_grad():
+        for i, name in enumerate(NAMES):
+            own = PromptLearner(n_ctx=3, width=64, ctx=prompt.ctx[i].detach())
+            torch.testing.assert_close(got[i], enc(own, [name], truncate=False)[0], atol=1e-5, rtol=1e-4)
+    unit = class_embeddings(model, tokenizer, prompt, NAMES, batch_size=3)
+    torch.testing.assert_close(unit, F.normalize(got, dim=1), atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="5 contexts but the vocabulary has 2"):
+        class_embeddings(model, tokenizer, prompt, NAMES[:2])
+
+
+def test_shared_context_rows_come_back_in_vocabulary_order(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    prompt = PromptLearner.from_words("a photo of a", model, tokenizer)
+    got = class_embeddings(model, tokenizer, prompt, NAMES, batch_size=2)
+    with torch.no_grad():
+        ref = model.encode_text(tokenizer([f"a photo of a {n.replace('_', ' ')}." for n in NAMES]))
+    torch.testing.assert_close(got, F.normalize(ref, dim=1), atol=1e-5, rtol=1e-4)
+
+
+def test_save_embeddings_formats(tmp_path):
+    emb = torch.tensor([[3.0, 4.0], [0.5, -0.5], [1.0, 0.0]])
+    raw = np.load(save_embeddings(emb, tmp_path / "d.npy"))  # default: detic
+    assert raw.dtype == np.float16 and np.array_equal(raw, emb.numpy().astype(np.float16))
+    unit = np.load(save_embeddings(emb, tmp_path / "n.npy", fmt="normalized"))
+    assert unit.dtype == np.float32
+    np.testing.assert_allclose(unit, F.normalize(emb, dim=1).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="'detic' or 'normalized'"):
+        save_embeddings(emb, tmp_path / "x.npy", fmt="fp16")
+
+
+# ------------------------------------------------------------------ truncated names
+LONG = " ".join(["giraffe", "zebra", "lemon", "table"] * 20)  # 80 words, one token each
+
+
+def test_a_truncated_name_keeps_its_first_tokens_then_the_period(tiny_clip, caplog):
+    model, tokenizer, _ = tiny_clip
+    prompt = PromptLearner.from_words("a photo of", model, tokenizer)
+    enc = PromptedTextEncoder(model, tokenizer, truncate_names=True)
+    limit = 77 - 3 - 2  # room for the name and its period
+    name_ids = tokenizer.encode(LONG)
+    assert len(name_ids) == 80
+    seq = [tokenizer.sot_token_id] + tokenizer.encode("a photo of") + name_ids[: limit - 1] \
+        + tokenizer.encode(".") + [tokenizer.eot_token_id]
+    assert len(seq) == 77
+    ids, is_ctx = enc.token_ids([LONG, "cat"], 3, "end")
+    ph = enc.placeholder_id
+    assert ids[0].tolist() == [seq[0], ph, ph, ph] + seq[4:]
+    assert is_ctx[0].tolist() == [False, True, True, True] + [False] * 73
+    assert "cut 1 class names to 71 tokens" in caplog.text and "giraffe" in caplog.text
+    with torch.no_grad():
+        got = enc(prompt, [LONG, "cat"])
+        ref = model.encode_text(torch.tensor([seq]))
+    torch.testing.assert_close(got[0], ref[0], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="is 80 tokens; with 3 context vectors at most 71 fit"):
+        PromptedTextEncoder(model, tokenizer).token_ids([LONG], 3, "end")
+
+
+def test_the_longest_name_that_fits_is_not_cut(tiny_clip, caplog):
+    model, tokenizer, _ = tiny_clip
+    enc = PromptedTextEncoder(model, tokenizer)
+    name = " ".join(["zebra"] * 71)  # 71 tokens + period = the 72 places of 3 context vectors
+    ids, _ = enc.token_ids([name], 3, "end")
+    assert ids[0, -1] == tokenizer.eot_token_id and ids[0, -2] == tokenizer.encode(".")[0]
+    assert "cut" not in caplog.text
+    with pytest.raises(ValueError, match="no room"):
+        enc.token_ids(["cat"], 74, "end")
+
+
+# ------------------------------------------------------------------ durable files
+def test_kill_point_matches_the_name_or_name_and_step(monkeypatch):
+    kills = []
+    monkeypatch.setattr(durable.os, "kill", lambda pid, sig: kills.append((pid, sig)))
+    monkeypatch.setattr(durable.logging, "shutdown", lambda: None)
+    table = [("save", "save", None, True), ("save", "save", 3, True), ("save:3", "save", 3, True),
+             ("save:3", "save", 4, False), ("save:3", "save", None, False), ("load", "save", None, False),
+             ("", "save", None, False)]
+    for env, name, step, killed in table:
+        kills.clear()
+        monkeypatch.setenv(durable.KILL_ENV, env)
+        durable.kill_point(name, step)
+        assert kills == ([(os.getpid(), durable.signal.SIGKILL)] if killed else []), (env, name, step)
+
+
+def test_temporary_names_are_unique_per_host_and_process(tmp_path):
+    a, b = durable.temporary_name(tmp_path / "f.pt"), durable.temporary_name(tmp_path / "f.pt", ".part")
+    host = re.escape(socket.gethostname())
+    assert re.fullmatch(rf"f\.pt\.{host}-{os.getpid()}-[0-9a-f]{{8}}\.tmp", a.name)
+    assert b.name.endswith(".part") and a.parent == tmp_path and a != b
+
+
+def test_stale_temporaries_of_dead_processes_only_are_removed(tmp_path):
+    host = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # a writer still at work
+    names = {"dead": f"f.pt.{host}-{dead.pid}-aaaa.tmp", "mine": f"f.pt.{host}-{os.getpid()}-bbbb.tmp",
+             "live": f"f.pt.{host}-{live.pid}-cccc.tmp", "other_host": f"f.pt.elsewhere-{dead.pid}-dddd.tmp",
+             "odd": f"f.pt.{host}-xyz-eeee.tmp", "other_file": f"g.pt.{host}-{dead.pid}-ffff.tmp"}
+    for n in names.values():
+        (tmp_path / n).write_text("x")
+    try:
+        durable.remove_stale_temporaries(tmp_path, "f.pt")
+        assert live.poll() is None  # asked whether it lives, not signalled
+    finally:
+        live.kill()
+        live.wait()
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == set(names.values()) - {names["dead"]}
+
+
+def test_atomic_write_keeps_the_old_file_on_error_and_renames_after_the_kill_point(tmp_path, monkeypatch):
+    path = tmp_path / "state.txt"
+    durable.atomic_write_text(path, "old")
+    with pytest.raises(RuntimeError):
+        with durable.atomic_write(path, "w") as f:
+            f.write("half")
+            raise RuntimeError("disk full")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["state.txt"]
+    seen = []
+
+    def at_kill(pid, sig):  # what a killed process leaves: the complete temporary, the old file
+        seen.append((path.read_text(), sorted(p.read_text() for p in tmp_path.glob("state.txt.*"))))
+    monkeypatch.setattr(durable.os, "kill", at_kill)
+    monkeypatch.setattr(durable.logging, "shutdown", lambda: None)
+    monkeypatch.setenv(durable.KILL_ENV, "ckpt:7")
+    with durable.atomic_write(path, "w", kill_name="ckpt", step=7) as f:
+        f.write("new")
+    assert seen == [("old", ["new"])] and path.read_text() == "new"
+    durable.atomic_torch_save({"a": torch.arange(3)}, tmp_path / "sub" / "t.pt")
+    assert torch.equal(torch.load(tmp_path / "sub" / "t.pt")["a"], torch.arange(3))
+
+
+# ------------------------------------------------------------------ proposals
+def test_frequency_proposal_is_the_label_share_with_absent_classes_at_zero():
+    q = FrequencyProposal([2, 0, 2, 2, 4], num_classes=6).distribution(torch.tensor([0]))
+    torch.testing.assert_close(q, torch.tensor([1, 0, 3, 0, 1, 0], dtype=torch.float64) / 5)
+
+
+def test_similarity_proposal_by_hand():
+    bank = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0], [0.6, -0.8]])  # unit rows
+    p = SimilarityProposal(num_classes=5, refresh_steps=3, temperature=0.5, uniform_mix=0.25)
+    p.refresh(0, lambda: bank * 4)  # normalised on the way in
+    q = p.distribution(torch.tensor([0, 2, 0]))
+    cos = bank[[0, 2]] @ bank.t()
+    score = cos.max(0).values / 0.5
+    hard = torch.zeros(5, dtype=torch.float64)
+    others = [1, 3, 4]
+    e = torch.exp(score[others].double())
+    hard[others] = e / e.sum()
+    torch.testing.assert_close(q, 0.75 * hard + 0.25 / 5)
+    assert float(q.sum()) == pytest.approx(1.0) and q[0] == q[2] == pytest.approx(0.05)
+
+
+def test_similarity_bank_refreshes_every_refresh_steps_and_round_trips():
+    calls = []
+
+    def encode():
+        calls.append(1)
+        return torch.randn(4, 3)
+
+    p = SimilarityProposal(4, refresh_steps=3, temperature=0.1, uniform_mix=1.0)
+    for step in range(8):
+        p.refresh(step, encode)
+    assert len(calls) == 3 and p.bank_step == 6  # steps 0, 3, 6
+    q = p.distribution(torch.tensor([1]))
+    torch.testing.assert_close(q, torch.full((4,), 0.25, dtype=torch.float64))  # mix 1: uniform
+    other = SimilarityProposal(4, 3, 0.1, 1.0)
+    other.load_state_dict(p.state_dict())
+    assert torch.equal(other.bank, p.bank) and other.bank_step == 6
+    assert SimilarityProposal(4, 3, 0.1, 0.5).state_dict() == {}
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="uniform_mix"):
+            SimilarityProposal(4, 3, 0.1, bad)
+
+
+def test_build_proposal_kinds_and_defaults():
+    assert type(build_proposal("uniform", [], 3)) is Proposal and Proposal().distribution(torch.tensor([0])) is None
+    assert isinstance(build_proposal("frequency", [0, 1], 3), FrequencyProposal)
+    s = build_proposal("similarity", [], 7)
+    assert (s.num_classes, s.refresh_steps, s.temperature, s.uniform_mix) == (7, 200, 0.05, 0.5)
+    with pytest.raises(ValueError, match="uniform, frequency or similarity"):
+        build_proposal("hard", [], 3)
+
+
+# ------------------------------------------------------------------ RandAugment2
+def dassl_randaugment2(img, n, p, rnd):
+    """Dassl's RandAugment2.__call__ and ops (dassl/data/transforms/randaugment.py), written out."""
+    def flip(v):
+        return -v if rnd.random() > 0.5 else v
+    ops = [("AutoContrast", 0, 1, lambda im, v: ImageOps.autocontrast(im)),
+           ("Brightness", 0.1, 1.9, lambda im, v: ImageEnhance.Brightness(im).enhance(v)),
+           ("Color", 0.1, 1.9, lambda im, v: ImageEnhance.Color(im).enhance(v)),
+           ("Contrast", 0.1, 1.9, lambda im, v: ImageEnhance.Contrast(im).enhance(v)),
+           ("Equalize", 0, 1, lambda im, v: ImageOps.equalize(im)),
+           ("Identity", 0, 1, lambda im, v: im),
+           ("Invert", 0, 1, lambda im, v: ImageOps.invert(im)),
+           ("Posterize", 4, 8, lambda im, v: ImageOps.posterize(im, int(v))),
+           ("Rotate", -30, 30, lambda im, v: im.rotate(flip(v))),
+           ("Sharpness", 0.1, 1.9, lambda im, v: ImageEnhance.Sharpness(im).enhance(v)),
+           ("ShearX", -0.3, 0.3, lambda im, v: im.transform(im.size, Image.AFFINE, (1, flip(v), 0, 0, 1, 0))),
+           ("ShearY", -0.3, 0.3, lambda im, v: im.transform(im.size, Image.AFFINE, (1, 0, 0, flip(v), 1, 0))),
+           ("Solarize", 0, 256, lambda im, v: ImageOps.solarize(im, v)),
+           ("TranslateX", -0.3, 0.3,
+            lambda im, v: im.transform(im.size, Image.AFFINE, (1, 0, flip(v) * im.size[0], 0, 1, 0))),
+           ("TranslateY", -0.3, 0.3,
+            lambda im, v: im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, flip(v) * im.size[1])))]
+    names = []
+    for name, lo, hi, op in rnd.choices(ops, k=n):
+        if rnd.random() > p:
+            continue
+        img = op(img, rnd.random() * (hi - lo) + lo)
+        names.append(name)
+    return img, names
+
+
+def test_op_list_is_dassls_randaugment_list2():
+    assert [(n, lo, hi, s) for n, lo, hi, s, _ in OPS] == [
+        ("AutoContrast", 0, 1, False), ("Brightness", 0.1, 1.9, False), ("Color", 0.1, 1.9, False),
+        ("Contrast", 0.1, 1.9, False), ("Equalize", 0, 1, False), ("Identity", 0, 1, False),
+        ("Invert", 0, 1, False), ("Posterize", 4, 8, False), ("Rotate", -30, 30, True),
+        ("Sharpness", 0.1, 1.9, False), ("ShearX", -0.3, 0.3, True), ("ShearY", -0.3, 0.3, True),
+        ("Solarize", 0, 256, False), ("TranslateX", -0.3, 0.3, True), ("TranslateY", -0.3, 0.3, True)]
+
+
+def test_randaugment2_replays_dassls_draws_and_images():
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (21, 34, 3), dtype=np.uint8))  # non-square
+    applied = set()
+    for seed in range(40):
+        for n, p in ((2, 0.6), (3, 0.9)):
+            ours = RandAugment2(n, p, rng=random.Random(seed))(img)
+            want, names = dassl_randaugment2(img, n, p, random.Random(seed))
+            applied.update(names)
+            assert np.array_equal(np.asarray(ours), np.asarray(want)), (seed, n, p, names)
+    assert len(applied) == 15  # every op was compared at least once
+
+
+def test_randaugment2_plan_by_hand():
+    class Script:
+        def __init__(self, values):
+            self.values = list(values)
+
+        def random(self):
+            return self.values.pop(0)
+
+    # op draws 8/15 -> Rotate, 0.0 -> AutoContrast; Rotate: applied (0.6 <= p), m 0.25, sign flip (0.7)
+    # AutoContrast: 0.61 > 0.6 skipped
+    plan = RandAugment2(2, 0.6, rng=Script([8.5 / 15, 0.0, 0.6, 0.25, 0.7, 0.61])).plan()
+    assert plan == [("Rotate", -(0.25 * 60 - 30)), ("AutoContrast", None)]
+    plan = RandAugment2(1, 0.6, rng=Script([14.99 / 15, 0.1, 0.75, 0.5])).plan()
+    assert plan == [("TranslateY", pytest.approx(0.15))]  # 0.5 is not > 0.5: no flip
+    assert repr(RandAugment2()) == "RandAugment2(n=2, p=0.6)"
+
+
+def test_randaugment2_draws_from_torchs_generator_by_default():
+    torch.manual_seed(5)
+    plan = RandAugment2(3, 0.6).plan()
+    torch.manual_seed(5)
+    draws = [float(torch.rand(())) for _ in range(12)]
+
+    class Replay:
+        def random(self):
+            return draws.pop(0)
+
+    assert plan == RandAugment2(3, 0.6, rng=Replay()).plan()
+    torch.manual_seed(6)
+    assert RandAugment2(3, 0.6).plan() != plan
+
+
+# ------------------------------------------------------------------ tools/export_prompt.py
+@pytest.fixture()
+def export_prompt():
+    import importlib.util
+
+    # named by its path in the repository (mutmut traces tools.export_prompt); loaded from the
+    # file, as detectron2's wheel installs a top-level package named tools
+    spec = importlib.util.spec_from_file_location("tools.export_prompt", REPO / "tools" / "export_prompt.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_prompt_defaults_fp16_no_best_and_the_prompts_epoch(tmp_path, export_prompt):
+    import pomp_core
+
+    prompt = PromptLearner(n_ctx=2, width=8, init_std=0.3)
+    src = pomp_core.save_prompt(prompt, tmp_path / "p.pth", epoch=4)
+    path = export_prompt.main(["--prompt", str(src), "--out", str(tmp_path / "rel")])
+    folder = tmp_path / "rel" / "prompt_learner"
+    assert path == folder / "model.pth.tar-4"
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint", "model.pth.tar-4"]
+    raw = torch.load(path, weights_only=True)
+    assert raw["epoch"] == 4 and raw["state_dict"]["ctx"].dtype == torch.float16
+    torch.testing.assert_close(raw["state_dict"]["ctx"], prompt.ctx.detach().half())
+    args = export_prompt.parse_args(["--prompt", "a", "--out", "b"])
+    assert (args.epoch, args.dtype, args.best, args.trusted) == (None, "fp16", False, False)
+
+
+@pytest.mark.parametrize("epoch", ["0", "9"])
+def test_export_prompt_epoch_flag_overrides_the_prompts(tmp_path, export_prompt, epoch):
+    import pomp_core
+
+    src = pomp_core.save_prompt(PromptLearner(n_ctx=2, width=8), tmp_path / "p.pth", epoch=4)
+    path = export_prompt.main(["--prompt", str(src), "--out", str(tmp_path / "rel"), "--epoch", epoch,
+                               "--dtype", "fp32"])
+    assert path.name == f"model.pth.tar-{epoch}"
+    raw = torch.load(path, weights_only=True)
+    assert raw["epoch"] == int(epoch) and raw["state_dict"]["ctx"].dtype == torch.float32
+
+
+def test_similarity_proposal_needs_a_refresh_first():
+    with pytest.raises(AssertionError, match=r"^refresh\(\) must run before the first step$"):
+        SimilarityProposal(4, 3, 0.1, 0.5).distribution(torch.tensor([0]))
+
+
+def test_a_process_of_another_user_counts_as_alive(monkeypatch):
+    def denied(pid, sig):
+        raise PermissionError(pid)
+    monkeypatch.setattr(durable.os, "kill", denied)
+    assert durable._alive(12345) is True
+
+    def gone(pid, sig):
+        raise ProcessLookupError(pid)
+    monkeypatch.setattr(durable.os, "kill", gone)
+    assert durable._alive(12345) is False
+
+
+def test_fsync_file_keeps_the_content(tmp_path):
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"abc")
+    durable.fsync_file(path)
+    assert path.read_bytes() == b"abc"
+
+
+def test_atomic_torch_save_passes_its_kill_point(tmp_path, monkeypatch):
+    kills = []
+    monkeypatch.setattr(durable.os, "kill", lambda pid, sig: kills.append(sig))
+    monkeypatch.setattr(durable.logging, "shutdown", lambda: None)
+    monkeypatch.setenv(durable.KILL_ENV, "ckpt:3")
+    durable.atomic_torch_save({"a": 1}, tmp_path / "a.pt", kill_name="ckpt", step=2)
+    assert kills == []
+    durable.atomic_torch_save({"a": 1}, tmp_path / "a.pt", kill_name="ckpt", step=3)
+    assert kills == [durable.signal.SIGKILL]
+
+
+def test_export_prompt_flags_best_trusted_and_bad_values(tmp_path, export_prompt):
+    import argparse
+
+    ctx = torch.randn(3, 8)
+    raw = tmp_path / "model.pth.tar-6"  # a raw Dassl checkpoint: pickles an object
+    torch.save({"state_dict": {"ctx": ctx}, "epoch": 6, "scheduler": argparse.Namespace(step=1)}, raw)
+    with pytest.raises(ValueError, match="trusted=True"):
+        export_prompt.main(["--prompt", str(raw), "--out", str(tmp_path / "a")])
+    path = export_prompt.main(["--prompt", str(raw), "--out", str(tmp_path / "b"), "--trusted", "--best"])
+    assert path == tmp_path / "b" / "prompt_learner" / "model.pth.tar-6"
+    best = torch.load(path.parent / "model-best.pth.tar", weights_only=True)
+    assert best["epoch"] == 6 and torch.equal(best["state_dict"]["ctx"], ctx.half())
+    for bad in (["--out", "x"], ["--prompt", "p"], ["--prompt", "p", "--out", "x", "--dtype", "bf16"],
+                ["--prompt", "p", "--out", "x", "--epoch", "five"]):
+        with pytest.raises(SystemExit):
+            export_prompt.parse_args(bad)
+    import pomp_core
+
+    plain = pomp_core.save_prompt(PromptLearner(n_ctx=2, width=8), tmp_path / "plain.pth")
+    with pytest.raises(ValueError, match="records no epoch: pass --epoch N"):
+        export_prompt.main(["--prompt", str(plain), "--out", str(tmp_path / "c")])

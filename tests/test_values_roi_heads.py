@@ -1,0 +1,305 @@
+"""pomp_det.roi_heads: the image-label losses of the standard and cascade heads (each stage on
+the boxes the previous stage refined, Detic's top-k proposals clipped to the image) and the
+cascade's test score (sqrt of the stages' mean probability x objectness), against a hand
+composition of the heads' parts on tiny, non-square inputs."""
+import math
+
+import pytest
+import torch
+
+from frameworks import require
+
+require("detectron2")
+from detectron2.layers import ShapeSpec  # noqa: E402
+from detectron2.modeling.box_regression import Box2BoxTransform  # noqa: E402
+from detectron2.modeling.matcher import Matcher  # noqa: E402
+from detectron2.modeling.poolers import ROIPooler  # noqa: E402
+from detectron2.modeling.roi_heads import FastRCNNConvFCHead  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from pomp_det.fast_rcnn import PompFastRCNNOutputLayers  # noqa: E402
+from pomp_det.roi_heads import PompCascadeROIHeads, PompROIHeads  # noqa: E402
+
+C, CH, TOPK = 4, 3, 4
+WEIGHTS = [(10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)]
+
+
+def parts(stages):
+    torch.manual_seed(0)
+    emb = torch.randn(C, 5)
+    heads = [FastRCNNConvFCHead(ShapeSpec(channels=CH, height=3, width=3), conv_dims=[], fc_dims=[6])
+             for _ in range(stages)]
+    predictors = [PompFastRCNNOutputLayers(ShapeSpec(channels=6), box2box_transform=Box2BoxTransform(w),
+                                           class_embeddings=emb, cls_agnostic_bbox_reg=True,
+                                           use_fed_loss=False, image_label_topk=TOPK, image_label_weight=0.25,
+                                           test_score_thresh=0.0, test_nms_thresh=1.0, test_topk_per_image=1000)
+                  for w in WEIGHTS[:stages]]
+    for pr in predictors:  # deltas large enough that each stage moves the boxes
+        torch.nn.init.normal_(pr.bbox_pred.weight, std=2.0)
+    pooler = ROIPooler(output_size=3, scales=(1 / 4,), sampling_ratio=0, pooler_type="ROIAlignV2")
+    common = dict(box_in_features=["p2"], box_pooler=pooler, num_classes=C, batch_size_per_image=8,
+                  positive_fraction=0.5, image_label_training=True)
+    return heads, predictors, common
+
+
+def cascade():
+    heads, predictors, common = parts(3)
+    for p in predictors:
+        p.proposal_score_in_probs = False
+    return PompCascadeROIHeads(box_heads=heads, box_predictors=predictors,
+                               proposal_matchers=[Matcher([0.5], [0, 1]) for _ in range(3)], **common)
+
+
+def standard():
+    heads, predictors, common = parts(1)
+    return PompROIHeads(box_head=heads[0], box_predictor=predictors[0], proposal_matcher=Matcher([0.5], [0, 1]),
+                        **common)
+
+
+def inputs():
+    g = torch.Generator().manual_seed(3)
+    features = {"p2": torch.randn(2, CH, 12, 17, generator=g)}  # images of 44 x 66 and 40 x 52
+    a = Instances((44, 66))  # 6 proposals: the last two fall outside the top 4
+    a.proposal_boxes = Boxes(torch.tensor([[2.0, 3.0, 30.0, 20.0], [-5.0, 10.0, 40.0, 50.0],  # clipped
+                                           [20.0, 1.0, 70.0, 30.0], [1.0, 1.0, 10.0, 40.0],
+                                           [0.0, 0.0, 66.0, 44.0], [5.0, 5.0, 9.0, 9.0]]))
+    a.objectness_logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -1.0])
+    b = Instances((40, 52))
+    b.proposal_boxes = Boxes(torch.tensor([[3.0, 4.0, 25.0, 30.0], [10.0, 2.0, 50.0, 12.0], [0.0, 0.0, 52.0, 40.0]]))
+    b.objectness_logits = torch.tensor([0.3, -0.2, 0.8])
+    return features, [a, b]
+
+
+def bce(x, t):
+    # -(t log p + (1 - t) log(1 - p)), p = sigmoid(x), in the form that stays finite
+    return max(x, 0.0) - x * t + math.log1p(math.exp(-abs(x)))
+
+
+def weak_loss(scores_per_image, boxes_per_image, labels, weight):
+    """Detic's max_size loss, by hand: the largest box but the last, one-hot BCE summed over
+    the C + 1 columns, / #labels, / #images, x weight."""
+    total = 0.0
+    for scores, boxes, image_labels in zip(scores_per_image, boxes_per_image, labels):
+        area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).tolist()
+        i = max(range(len(area) - 1), key=lambda j: area[j]) if len(area) > 1 else 0
+        for label in image_labels:
+            total += sum(bce(float(scores[i, c]), float(c == label)) for c in range(C + 1)) / len(image_labels)
+    return total / len(labels) * weight
+
+
+def top_boxes(proposals):
+    out = []
+    for p in proposals:
+        b = p.proposal_boxes.tensor[:TOPK].clone()
+        h, w = p.image_size
+        b[:, 0::2] = b[:, 0::2].clamp(0, w)
+        b[:, 1::2] = b[:, 1::2].clamp(0, h)
+        out.append(b)
+    return out
+
+
+def run_stage(model, k, feats, boxes):
+    pooled = model.box_pooler([feats["p2"]], [Boxes(b) for b in boxes])
+    head = model.box_head[k] if isinstance(model.box_head, torch.nn.ModuleList) else model.box_head
+    pred = model.box_predictor[k] if isinstance(model.box_predictor, torch.nn.ModuleList) else model.box_predictor
+    scores, deltas = pred(head(pooled))
+    return pred, scores, deltas
+
+
+LABELS = [[1, 3], [2]]
+
+
+def test_cascade_image_label_losses_follow_the_refined_boxes():
+    model = cascade().train()
+    feats, proposals = inputs()
+    with EventStorage():
+        _, losses = model(None, feats, proposals, image_labels=LABELS)
+    boxes = top_boxes(proposals)
+    assert [len(b) for b in boxes] == [4, 3]
+    stage_losses = []
+    with torch.no_grad():
+        for k in range(3):
+            pred, scores, deltas = run_stage(model, k, feats, boxes)
+            n = [len(b) for b in boxes]
+            stage_losses.append(weak_loss(scores.double().split(n), boxes, LABELS, 0.25))
+            new = pred.box2box_transform.apply_deltas(deltas, torch.cat(boxes)).split(n)
+            boxes = []
+            for b, p in zip(new, proposals):
+                h, w = p.image_size
+                b = b.clone()
+                b[:, 0::2] = b[:, 0::2].clamp(0, w)
+                b[:, 1::2] = b[:, 1::2].clamp(0, h)
+                boxes.append(b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])])
+    assert len(set(round(v, 6) for v in stage_losses)) == 3  # the stages differ
+    for k in range(3):
+        assert float(losses[f"loss_image_label_stage{k}"]) == pytest.approx(stage_losses[k], rel=1e-4)
+        assert float(losses[f"loss_cls_stage{k}"]) == 0 and float(losses[f"loss_box_reg_stage{k}"]) == 0
+    assert set(losses) == {f"loss_{n}_stage{k}" for n in ("image_label", "cls", "box_reg") for k in range(3)}
+
+
+def test_standard_image_label_loss_on_the_top_clipped_proposals():
+    model = standard().train()
+    feats, proposals = inputs()
+    with EventStorage():
+        _, losses = model(None, feats, proposals, image_labels=LABELS)
+    boxes = top_boxes(proposals)
+    with torch.no_grad():
+        _, scores, _ = run_stage(model, 0, feats, boxes)
+    want = weak_loss(scores.double().split([4, 3]), boxes, LABELS, 0.25)
+    assert float(losses["loss_image_label"]) == pytest.approx(want, rel=1e-4)
+    assert set(losses) == {"loss_image_label", "loss_cls", "loss_box_reg"}
+    assert float(losses["loss_cls"]) == float(losses["loss_box_reg"]) == 0
+
+
+def test_box_batches_log_the_image_label_keys_as_zeros():
+    model = cascade().train()
+    feats, proposals = inputs()
+    targets = []
+    for p in proposals:
+        t = Instances(p.image_size)
+        t.gt_boxes = Boxes(p.proposal_boxes.tensor[:2].clamp(min=0))
+        t.gt_classes = torch.tensor([1, 3])
+        targets.append(t)
+    with EventStorage():
+        _, losses = model(None, feats, proposals, targets)
+    for k in range(3):
+        assert float(losses[f"loss_image_label_stage{k}"]) == 0
+        assert float(losses[f"loss_cls_stage{k}"]) > 0
+
+
+def test_cascade_test_score_is_sqrt_of_the_stage_mean_times_objectness():
+    model = cascade().eval()
+    feats, proposals = inputs()
+    with torch.no_grad():
+        out, no_losses = model(None, feats, proposals)
+        boxes, probs = [p.proposal_boxes.tensor for p in proposals], []
+        for k in range(3):
+            pred, scores, deltas = run_stage(model, k, feats, boxes)
+            probs.append(scores.sigmoid())
+            new = pred.box2box_transform.apply_deltas(deltas, torch.cat(boxes)).split([6, 3])
+            boxes = []
+            for b, p in zip(new, proposals):
+                h, w = p.image_size
+                b = b.clone()
+                b[:, 0::2] = b[:, 0::2].clamp(0, w)
+                b[:, 1::2] = b[:, 1::2].clamp(0, h)
+                boxes.append(b)
+    obj = torch.cat([p.objectness_logits for p in proposals]).sigmoid()
+    score = ((probs[0] + probs[1] + probs[2]) / 3 * obj[:, None]).sqrt()[:, :C]
+    for i, (start, stop) in enumerate([(0, 6), (6, 9)]):
+        want = score[start:stop].flatten().sort(descending=True).values
+        got = out[i].scores.sort(descending=True).values
+        torch.testing.assert_close(got, want[: len(got)], rtol=1e-5, atol=1e-6)
+        assert len(got) == len(want)
+        # the boxes are the last stage's (class-agnostic: each proposal's box for every class)
+        final = torch.unique(boxes[i], dim=0)
+        torch.testing.assert_close(torch.unique(out[i].pred_boxes.tensor, dim=0), final)
+    assert no_losses == {}  # no loss keys at test time, image-label training or not
+
+
+def test_cascade_test_score_without_objectness_is_the_stage_mean():
+    model = cascade().eval()
+    feats, proposals = inputs()
+    for p in proposals:
+        p.remove("objectness_logits")
+    with torch.no_grad():
+        out = model(None, feats, proposals)[0]
+        boxes, probs = [p.proposal_boxes.tensor for p in proposals], []
+        for k in range(3):
+            pred, scores, deltas = run_stage(model, k, feats, boxes)
+            probs.append(scores.sigmoid())
+            new = pred.box2box_transform.apply_deltas(deltas, torch.cat(boxes)).split([6, 3])
+            boxes = []
+            for b, p in zip(new, proposals):
+                h, w = p.image_size
+                b = b.clone()
+                b[:, 0::2] = b[:, 0::2].clamp(0, w)
+                b[:, 1::2] = b[:, 1::2].clamp(0, h)
+                boxes.append(b)
+    score = ((probs[0] + probs[1] + probs[2]) / 3)[:, :C]
+    want = score[:6].flatten().sort(descending=True).values
+    torch.testing.assert_close(out[0].scores.sort(descending=True).values, want, rtol=1e-5, atol=1e-6)
+
+
+def test_image_label_batches_of_a_mask_model_log_a_zero_mask_loss(tmp_path):
+    from detectron2.modeling.roi_heads import build_roi_heads
+
+    cfg = heads_cfg(tmp_path, "PompROIHeads", **{"MODEL.MASK_ON": True, "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": True})
+    heads = build_roi_heads(cfg, {"p2": ShapeSpec(channels=CH, stride=4)}).train()
+    feats, proposals = inputs()
+    with EventStorage():
+        _, losses = heads(None, feats, proposals, image_labels=LABELS)
+    assert set(losses) == {"loss_image_label", "loss_cls", "loss_box_reg", "loss_mask"}
+    assert float(losses["loss_mask"]) == 0 and losses["loss_mask"].requires_grad
+    cfg = heads_cfg(tmp_path, "PompCascadeROIHeads", **{"MODEL.MASK_ON": True,
+                                                         "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": True})
+    heads = build_roi_heads(cfg, {"p2": ShapeSpec(channels=CH, stride=4)}).train()
+    with EventStorage():
+        _, losses = heads(None, feats, proposals, image_labels=LABELS)
+    assert float(losses["loss_mask"]) == 0 and len(losses) == 10
+
+
+def heads_cfg(tmp_path, name, **extra):
+    import numpy as np
+
+    from pomp_det.cfg_loader import get_pomp_cfg
+
+    emb = tmp_path / "emb.npy"
+    np.save(emb, np.random.default_rng(0).normal(size=(C, 5)).astype(np.float16))
+    cfg = get_pomp_cfg()
+    cfg.MODEL.ROI_HEADS.NAME, cfg.MODEL.ROI_HEADS.NUM_CLASSES = name, C
+    cfg.MODEL.ROI_HEADS.IN_FEATURES = ["p2"]
+    cfg.MODEL.ROI_BOX_HEAD.NAME, cfg.MODEL.ROI_BOX_HEAD.NUM_FC = "FastRCNNConvFCHead", 1
+    cfg.MODEL.ROI_BOX_HEAD.FC_DIM, cfg.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 6, 3
+    cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
+    cfg.MODEL.POMP.EMBEDDINGS, cfg.MODEL.POMP.EMBED_DIM = str(emb), 5
+    cfg.MODEL.POMP.FED_LOSS_WEIGHTS, cfg.DATASETS.TRAIN = "train_boxes", ()
+    cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = WEIGHTS
+    cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = (0.5, 0.6, 0.7)
+    for k, v in extra.items():
+        node, *path = k.split(".")
+        target = cfg
+        for part in [node, *path][:-1]:
+            target = target[part]
+        target[k.split(".")[-1]] = v
+    return cfg
+
+
+def test_cascade_heads_from_a_config_share_one_vocabulary_and_weight_source(tmp_path):
+    from detectron2.modeling.roi_heads import build_roi_heads
+
+    cfg = heads_cfg(tmp_path, "PompCascadeROIHeads", **{"DATALOADER.MULTI_DATASET": True})
+    heads = build_roi_heads(cfg, {"p2": ShapeSpec(channels=CH, stride=4)})
+    preds = list(heads.box_predictor)
+    assert heads.image_label_training and len(preds) == 3
+    assert [tuple(p.box2box_transform.weights) for p in preds] == WEIGHTS
+    for p in preds:
+        torch.testing.assert_close(p.cls_score.embeddings, preds[0].cls_score.embeddings)
+        assert not p.proposal_score_in_probs and p.mult_proposal_score
+        assert p._fed_loss_weight_source is preds[0]._fed_loss_weight_source is not None
+        torch.testing.assert_close(p._fed_loss_weight_source(), torch.ones(C))
+    assert heads._image_label_keys() == ["loss_image_label_stage0", "loss_image_label_stage1",
+                                         "loss_image_label_stage2"]
+    heads.set_class_embeddings(torch.randn(7, 5), torch.arange(7.0))
+    assert heads.num_classes == 7 and all(p.num_classes == 7 for p in preds)
+    assert all(torch.equal(p.fed_loss_weight, torch.arange(7.0)) for p in preds)
+
+
+def test_standard_heads_from_a_config(tmp_path):
+    from detectron2.modeling.roi_heads import build_roi_heads
+
+    cfg = heads_cfg(tmp_path, "PompROIHeads")
+    heads = build_roi_heads(cfg, {"p2": ShapeSpec(channels=CH, stride=4)})
+    assert not heads.image_label_training
+    assert isinstance(heads.box_predictor, PompFastRCNNOutputLayers) and heads.box_predictor.proposal_score_in_probs
+    assert heads._predictors() == [heads.box_predictor] and heads._image_label_keys() == ["loss_image_label"]
+    mask_cfg = heads_cfg(tmp_path, "PompROIHeads", **{"MODEL.MASK_ON": True, "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": False})
+    masked = build_roi_heads(mask_cfg, {"p2": ShapeSpec(channels=CH, stride=4)})
+    with pytest.raises(ValueError, match="CLS_AGNOSTIC_MASK"):
+        masked.set_class_embeddings(torch.randn(7, 5))
+    agnostic = build_roi_heads(heads_cfg(tmp_path, "PompROIHeads", **{"MODEL.MASK_ON": True,
+                                                                      "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": True}),
+                               {"p2": ShapeSpec(channels=CH, stride=4)})
+    agnostic.set_class_embeddings(torch.randn(7, 5))
+    assert agnostic.num_classes == 7

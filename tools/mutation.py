@@ -1,0 +1,158 @@
+#!/usr/bin/env python
+"""Mutation testing of one module with mutmut 3 against the test files that cover it.
+
+    python tools/mutation.py pomp_det/fast_rcnn.py            # the covering tests of COVERING
+    python tools/mutation.py pomp_seg/metric.py tests/test_values_seg_metric.py
+    python tools/mutation.py --list                           # the table
+
+mutmut reads its settings from the current folder and mutates a copy, so each run gets its
+own folder (``build/mutation/<module>``, kept for ``mutmut show <mutant>`` there): the
+repository's packages, tools, configs and tests are linked into it and a ``setup.cfg``
+restricts mutmut to the one module and the given tests. Prints killed / survived / no
+tests / timeout and the kill rate, and writes the surviving mutants' diffs to
+``survivors.txt`` in that folder. mutmut does not mutate decorated functions other than
+static / class methods (detectron2's ``@configurable`` constructors, ``@torch.no_grad``
+methods) nor module-level tables: those are covered by the value tests only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+LINKED = ["pomp_core", "pomp_det", "pomp_seg", "tools", "tests", "configs", "pytest.ini"]
+# module -> the fast test files whose failures a bug in it should cause (docs/README.md);
+# mutmut runs them twice in one process, so a test that registers a dataset must do so once
+COVERING: Dict[str, List[str]] = {
+    "pomp_det/fast_rcnn.py": ["tests/test_values_fast_rcnn.py",
+                              *[f"tests/test_det_classifier.py::test_{t}" for t in (
+                                  "federated_classes_keep_present_and_sample_by_weight",
+                                  "sigmoid_federated_loss_only_counts_selected_classes",
+                                  "max_size_loss_uses_the_largest_proposal_but_the_last",
+                                  "test_scores_are_geometric_mean_with_objectness")],
+                              "tests/test_mutation_guards.py::test_federated_classes_never_draw_a_present_class_again"],
+    "pomp_det/roi_heads.py": ["tests/test_values_roi_heads.py"],
+    "pomp_det/centernet/proposal_generator.py": ["tests/test_values_centernet.py"],
+    "pomp_det/centernet/losses.py": ["tests/test_values_centernet.py",
+                                     "tests/test_det_centernet.py::test_heatmap_focal_loss_on_a_tiny_target",
+                                     "tests/test_det_centernet.py::test_giou_loss_on_ltrb_distances"],
+    "pomp_det/detic_checkpoint.py": ["tests/test_values_det_data.py"],
+    "pomp_det/detic_keys.py": ["tests/test_values_det_data.py"],
+    "pomp_det/data/category_counts.py": ["tests/test_values_det_data.py"],
+    "pomp_det/data/multi_dataset.py": ["tests/test_values_det_data.py", "tests/test_det_data.py"],
+    "pomp_seg/metric.py": [f"tests/test_seg_components.py::test_metric_{t}" for t in (
+        "against_a_hand_computation", "without_unseen_classes_reports_miou_only")],
+    "pomp_seg/crop_classifier.py": [f"tests/test_seg_components.py::test_masked_crops_{t}" for t in (
+        "fill_outside_the_mask_with_the_mean", "min_size_keeps_the_object_size")]
+    + ["tests/test_seg_recipe.py::test_crops_are_renormalised_from_imagenet_to_clip_statistics"],
+    "pomp_seg/segmentor.py": ["tests/test_seg_recipe.py::test_empty_proposal_gets_a_neutral_clip_probability",
+                              "tests/test_seg_components.py::test_ensemble_formula_by_hand",
+                              "tests/test_seg_components.py::test_pixel_scores_sum_over_queries"],
+    "pomp_seg/text_encoder.py": [f"tests/test_seg_components.py::test_text_encoder_{t}" for t in (
+        "matches_class_embeddings_and_the_clip_text_encoder_call", "caches_frozen_prompt_features",
+        "background_embedding", "bad_input")],
+    "pomp_core/embeddings.py": ["tests/test_values_core.py"],
+    "pomp_core/text_encoder.py": ["tests/test_values_core.py", "tests/test_text_encoder.py",
+                                  "tests/test_mutation_guards.py"],
+    "pomp_core/durable.py": ["tests/test_values_core.py"],
+    "pomp_core/pretrain/proposals.py": ["tests/test_values_core.py"],
+    "pomp_core/pretrain/augment.py": ["tests/test_values_core.py"],
+    "tools/export_prompt.py": ["tests/test_values_core.py", "tests/test_release_checkpoints.py"],
+}
+STATUS = ("killed", "survived", "no tests", "timeout", "suspicious", "skipped", "segfault",
+          "caught by type check", "not checked")
+
+
+def setup_folder(module: str, tests: Sequence[str], workdir: Path) -> None:
+    """A fresh run folder: links to the repository's parts and mutmut's setup.cfg."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    for name in LINKED:
+        (workdir / name).symlink_to(REPO / name)
+    package = module.split("/")[0]
+    cfg = ["[mutmut]", f"source_paths = {package}", f"only_mutate = {module}",
+           "also_copy =", *[f"    {n}" for n in LINKED if n not in (package, "tests")],
+           "pytest_add_cli_args_test_selection =", *[f"    {t}" for t in tests],
+           "pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q",
+           "use_git_change_detection = false", "track_dependencies = false"]
+    (workdir / "setup.cfg").write_text("\n".join(cfg) + "\n")
+
+
+def counts(workdir: Path, env: Dict[str, str]) -> Dict[str, int]:
+    out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=workdir, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    tally = {s: 0 for s in STATUS}
+    for line in out.splitlines():
+        m = re.match(r"\s+(\S+): (.+)$", line)
+        if m:
+            tally[m.group(2).strip()] = tally.get(m.group(2).strip(), 0) + 1
+    return tally
+
+
+def survivors(workdir: Path, env: Dict[str, str]) -> str:
+    out = subprocess.run([sys.executable, "-m", "mutmut", "results"], cwd=workdir, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    diffs, untested = [], []
+    for line in out.splitlines():
+        m = re.match(r"\s+(\S+): (survived|no tests|timeout|suspicious)$", line)
+        if m and m.group(2) == "no tests":  # names only: no covering test ran the function
+            untested.append(f"# {m.group(1)}: no tests")
+        elif m:
+            diffs.append(subprocess.run([sys.executable, "-m", "mutmut", "show", m.group(1)], cwd=workdir, env=env,
+                                        capture_output=True, text=True).stdout)
+    return "\n".join(diffs + untested)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, int]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("module", nargs="?", help="the module to mutate, a path such as pomp_det/fast_rcnn.py")
+    p.add_argument("tests", nargs="*", help="test files (or node ids); default: the module's row of COVERING")
+    p.add_argument("--workdir", type=Path, help="run folder (default build/mutation/<module>)")
+    p.add_argument("--max-children", type=int, default=1, help="parallel mutmut workers (default 1)")
+    p.add_argument("--list", action="store_true", help="print the module -> tests table and exit")
+    args = p.parse_args(argv)
+    if args.list or not args.module:
+        for module, tests in COVERING.items():
+            print(f"{module}: {' '.join(tests)}")
+        return {}
+    module = Path(args.module).as_posix()
+    if not (REPO / module).is_file():
+        raise FileNotFoundError(f"'{module}' is not a file of the repository: give a path such as pomp_det/fast_rcnn.py")
+    tests = list(args.tests) or COVERING.get(module)
+    if not tests:
+        raise ValueError(f"no covering tests listed for {module} in tools/mutation.py: name the test files")
+    workdir = args.workdir or REPO / "build" / "mutation" / module.replace("/", ".")[:-3]
+    setup_folder(module, tests, workdir)
+    # the copy under mutants/ must be what the tests import, never the repository
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != REPO]
+    env["PYTHONPATH"] = os.pathsep.join(kept)
+    with open(workdir / "mutmut-run.log", "w") as log:  # mutmut's progress spinner: kept out of the terminal
+        run = subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)],
+                             cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if run.returncode:
+        tail = (workdir / "mutmut-run.log").read_text()[-3000:]
+        raise RuntimeError(f"mutmut run failed (exit {run.returncode}); the end of its log:\n{tail}")
+    tally = counts(workdir, env)
+    (workdir / "survivors.txt").write_text(survivors(workdir, env))
+    judged = tally["killed"] + tally["survived"] + tally["no tests"] + tally["timeout"] + tally["suspicious"]
+    rate = 100.0 * (tally["killed"] + tally["timeout"]) / judged if judged else float("nan")
+    summary = {k: v for k, v in tally.items() if v}
+    print(json.dumps({"module": module, **summary, "kill_rate": round(rate, 1)}))
+    print(f"surviving mutants: {workdir / 'survivors.txt'}")
+    return tally
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    from pomp_core.cli import run_tool
+
+    run_tool(main)
