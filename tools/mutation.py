@@ -2,7 +2,7 @@
 """Mutation testing of one module with mutmut 3 against the test files that cover it.
 
     python tools/mutation.py pomp_det/fast_rcnn.py            # the covering tests of COVERING
-    python tools/mutation.py pomp_seg/metric.py tests/test_values_seg_metric.py
+    python tools/mutation.py pomp_seg/metric.py tests/seg/test_components.py
     python tools/mutation.py --list                           # the table
 
 mutmut reads its settings from the current folder and mutates a copy, so each run gets its
@@ -31,40 +31,40 @@ LINKED = ["pomp_core", "pomp_det", "pomp_seg", "tools", "tests", "configs", "pyt
 # module -> the fast test files whose failures a bug in it should cause (docs/README.md);
 # mutmut runs them twice in one process, so a test that registers a dataset must do so once
 COVERING: Dict[str, List[str]] = {
-    "pomp_det/fast_rcnn.py": ["tests/test_values_fast_rcnn.py",
-                              *[f"tests/test_det_classifier.py::test_{t}" for t in (
+    "pomp_det/fast_rcnn.py": ["tests/det/test_values_fast_rcnn.py",
+                              *[f"tests/det/test_classifier.py::test_{t}" for t in (
                                   "federated_classes_keep_present_and_sample_by_weight",
                                   "sigmoid_federated_loss_only_counts_selected_classes",
                                   "max_size_loss_uses_the_largest_proposal_but_the_last",
                                   "test_scores_are_geometric_mean_with_objectness")],
-                              "tests/test_mutation_guards.py::test_federated_classes_never_draw_a_present_class_again"],
-    "pomp_det/roi_heads.py": ["tests/test_values_roi_heads.py"],
-    "pomp_det/centernet/proposal_generator.py": ["tests/test_values_centernet.py"],
-    "pomp_det/centernet/losses.py": ["tests/test_values_centernet.py",
-                                     "tests/test_det_centernet.py::test_heatmap_focal_loss_on_a_tiny_target",
-                                     "tests/test_det_centernet.py::test_giou_loss_on_ltrb_distances"],
-    "pomp_det/detic_checkpoint.py": ["tests/test_values_det_data.py"],
-    "pomp_det/detic_keys.py": ["tests/test_values_det_data.py"],
-    "pomp_det/data/category_counts.py": ["tests/test_values_det_data.py"],
-    "pomp_det/data/multi_dataset.py": ["tests/test_values_det_data.py", "tests/test_det_data.py"],
-    "pomp_seg/metric.py": [f"tests/test_seg_components.py::test_metric_{t}" for t in (
+                              "tests/core/test_mutation_guards.py::test_federated_classes_never_draw_a_present_class_again"],
+    "pomp_det/roi_heads.py": ["tests/det/test_values_roi_heads.py"],
+    "pomp_det/centernet/proposal_generator.py": ["tests/det/test_values_centernet.py"],
+    "pomp_det/centernet/losses.py": ["tests/det/test_values_centernet.py",
+                                     "tests/det/test_centernet.py::test_heatmap_focal_loss_on_a_tiny_target",
+                                     "tests/det/test_centernet.py::test_giou_loss_on_ltrb_distances"],
+    "pomp_det/detic_checkpoint.py": ["tests/det/test_values_det_data.py"],
+    "pomp_det/detic_keys.py": ["tests/det/test_values_det_data.py"],
+    "pomp_det/data/category_counts.py": ["tests/det/test_values_det_data.py"],
+    "pomp_det/data/multi_dataset.py": ["tests/det/test_values_det_data.py", "tests/det/test_data.py"],
+    "pomp_seg/metric.py": [f"tests/seg/test_components.py::test_metric_{t}" for t in (
         "against_a_hand_computation", "without_unseen_classes_reports_miou_only")],
-    "pomp_seg/crop_classifier.py": [f"tests/test_seg_components.py::test_masked_crops_{t}" for t in (
+    "pomp_seg/crop_classifier.py": [f"tests/seg/test_components.py::test_masked_crops_{t}" for t in (
         "fill_outside_the_mask_with_the_mean", "min_size_keeps_the_object_size")]
-    + ["tests/test_seg_recipe.py::test_crops_are_renormalised_from_imagenet_to_clip_statistics"],
-    "pomp_seg/segmentor.py": ["tests/test_seg_recipe.py::test_empty_proposal_gets_a_neutral_clip_probability",
-                              "tests/test_seg_components.py::test_ensemble_formula_by_hand",
-                              "tests/test_seg_components.py::test_pixel_scores_sum_over_queries"],
-    "pomp_seg/text_encoder.py": [f"tests/test_seg_components.py::test_text_encoder_{t}" for t in (
+    + ["tests/seg/test_recipe.py::test_crops_are_renormalised_from_imagenet_to_clip_statistics"],
+    "pomp_seg/segmentor.py": ["tests/seg/test_recipe.py::test_empty_proposal_gets_a_neutral_clip_probability",
+                              "tests/seg/test_components.py::test_ensemble_formula_by_hand",
+                              "tests/seg/test_components.py::test_pixel_scores_sum_over_queries"],
+    "pomp_seg/text_encoder.py": [f"tests/seg/test_components.py::test_text_encoder_{t}" for t in (
         "matches_class_embeddings_and_the_clip_text_encoder_call", "caches_frozen_prompt_features",
         "background_embedding", "bad_input")],
-    "pomp_core/embeddings.py": ["tests/test_values_core.py"],
-    "pomp_core/text_encoder.py": ["tests/test_values_core.py", "tests/test_text_encoder.py",
-                                  "tests/test_mutation_guards.py"],
-    "pomp_core/durable.py": ["tests/test_values_core.py"],
-    "pomp_core/pretrain/proposals.py": ["tests/test_values_core.py"],
-    "pomp_core/pretrain/augment.py": ["tests/test_values_core.py"],
-    "tools/export_prompt.py": ["tests/test_values_core.py", "tests/test_release_checkpoints.py"],
+    "pomp_core/embeddings.py": ["tests/core/test_values.py"],
+    "pomp_core/text_encoder.py": ["tests/core/test_values.py", "tests/core/test_text_encoder.py",
+                                  "tests/core/test_mutation_guards.py"],
+    "pomp_core/durable.py": ["tests/core/test_values.py"],
+    "pomp_core/pretrain/proposals.py": ["tests/core/test_values.py"],
+    "pomp_core/pretrain/augment.py": ["tests/core/test_values.py"],
+    "tools/export_prompt.py": ["tests/core/test_values.py", "tests/core/pretrain/test_release_checkpoints.py"],
 }
 STATUS = ("killed", "survived", "no tests", "timeout", "suspicious", "skipped", "segfault",
           "caught by type check", "not checked")

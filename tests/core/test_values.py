@@ -22,7 +22,7 @@ from pomp_core.embeddings import class_embeddings, save_embeddings
 from pomp_core.pretrain.augment import OPS, RandAugment2
 from pomp_core.pretrain.proposals import FrequencyProposal, Proposal, SimilarityProposal, build_proposal
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # token lengths differ and are not in vocabulary order: the encoder sorts by length
 NAMES = ["a rather long kind of tropical fish", "cat", "hot_air_balloon", "tv", "red double decker bus"]
 

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from frameworks import require
+from tests.frameworks import require
 
 require("detectron2")
+from pomp_core.durable import atomic_write_json  # noqa: E402
 from pomp_det.cfg_loader import get_pomp_cfg  # noqa: E402
 from pomp_det.data import category_counts as cc  # noqa: E402
 from pomp_det.data.multi_dataset import (GroupedByDataset, MultiDatasetSampler,  # noqa: E402
@@ -165,7 +166,7 @@ def test_cat_info_counts_images_and_instances_sorted_by_id(tmp_path):
                     {"id": 3, "name": "c", "frequency": "r", "image_count": 1, "instance_count": 1}]
     out = tmp_path / "info.json"
     shuffled = [info[2], info[0], info[1]]
-    cc.write_json_atomic(shuffled, out)
+    atomic_write_json(out, shuffled)
     assert cc.load_cat_info_counts(out).tolist() == [2.0, 0.0, 1.0]  # ordered by id, not by file
     assert cc.cat_info_counts(str(out), 3).tolist() == [2.0, 0.0, 1.0]
     with pytest.raises(ValueError, match="has 3 categories but the classifier has 4"):
@@ -196,7 +197,7 @@ def test_builtin_lvis_counts_are_used_for_lvis_v1_only():
 
 def test_federated_weight_is_the_count_to_the_power(tmp_path):
     out = tmp_path / "info.json"
-    cc.write_json_atomic([{"id": i, "image_count": n} for i, n in enumerate([16, 0, 81, 1])], out)
+    atomic_write_json(out, [{"id": i, "image_count": n} for i, n in enumerate([16, 0, 81, 1])])
     cfg = get_pomp_cfg()
     cfg.MODEL.POMP.FED_LOSS_WEIGHTS, cfg.MODEL.POMP.CAT_FREQ_PATH = "cat_info", str(out)
     cfg.MODEL.POMP.FED_LOSS_FREQ_WEIGHT = 0.25

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from frameworks import require
+from tests.frameworks import require
 
 require("detectron2")
 from detectron2.structures import Boxes, ImageList, Instances  # noqa: E402

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from frameworks import require
+from tests.frameworks import require
 
 require("detectron2")
 from detectron2.layers import ShapeSpec  # noqa: E402
