@@ -20,7 +20,9 @@ from pomp_core import PromptLearner, PromptedTextEncoder
 from pomp_core import durable
 from pomp_core.embeddings import class_embeddings, save_embeddings
 from pomp_core.pretrain.augment import OPS, RandAugment2
-from pomp_core.pretrain.proposals import FrequencyProposal, Proposal, SimilarityProposal, build_proposal
+from pomp_core.pretrain.config import distribution_config
+from pomp_core.pretrain.proposals import (FrequencyProposal, SimilarityOptions, SimilarityProposal, UniformProposal,
+                                         build_proposal)
 
 REPO = Path(__file__).resolve().parents[2]
 # token lengths differ and are not in vocabulary order: the encoder sorts by length
@@ -168,13 +170,17 @@ def test_atomic_write_keeps_the_old_file_on_error_and_renames_after_the_kill_poi
 
 # ------------------------------------------------------------------ proposals
 def test_frequency_proposal_is_the_label_share_with_absent_classes_at_zero():
-    q = FrequencyProposal([2, 0, 2, 2, 4], num_classes=6).distribution(torch.tensor([0]))
+    q = FrequencyProposal(None, [2, 0, 2, 2, 4], num_classes=6).distribution(torch.tensor([0]))
     torch.testing.assert_close(q, torch.tensor([1, 0, 3, 0, 1, 0], dtype=torch.float64) / 5)
+
+
+def similarity(n, refresh_steps, temperature, uniform_mix):
+    return SimilarityProposal(SimilarityOptions(refresh_steps, temperature, uniform_mix), [], n)
 
 
 def test_similarity_proposal_by_hand():
     bank = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0], [0.6, -0.8]])  # unit rows
-    p = SimilarityProposal(num_classes=5, refresh_steps=3, temperature=0.5, uniform_mix=0.25)
+    p = similarity(5, 3, 0.5, 0.25)
     p.refresh(0, lambda: bank * 4)  # normalised on the way in
     q = p.distribution(torch.tensor([0, 2, 0]))
     cos = bank[[0, 2]] @ bank.t()
@@ -194,28 +200,35 @@ def test_similarity_bank_refreshes_every_refresh_steps_and_round_trips():
         calls.append(1)
         return torch.randn(4, 3)
 
-    p = SimilarityProposal(4, refresh_steps=3, temperature=0.1, uniform_mix=1.0)
+    p = similarity(4, 3, 0.1, 1.0)
     for step in range(8):
         p.refresh(step, encode)
     assert len(calls) == 3 and p.bank_step == 6  # steps 0, 3, 6
     q = p.distribution(torch.tensor([1]))
     torch.testing.assert_close(q, torch.full((4,), 0.25, dtype=torch.float64))  # mix 1: uniform
-    other = SimilarityProposal(4, 3, 0.1, 1.0)
+    other = similarity(4, 3, 0.1, 1.0)
     other.load_state_dict(p.state_dict())
     assert torch.equal(other.bank, p.bank) and other.bank_step == 6
-    assert SimilarityProposal(4, 3, 0.1, 0.5).state_dict() == {}
+    assert similarity(4, 3, 0.1, 0.5).state_dict() == {}
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="uniform_mix"):
-            SimilarityProposal(4, 3, 0.1, bad)
+            similarity(4, 3, 0.1, bad)
 
 
 def test_build_proposal_kinds_and_defaults():
-    assert type(build_proposal("uniform", [], 3)) is Proposal and Proposal().distribution(torch.tensor([0])) is None
-    assert isinstance(build_proposal("frequency", [0, 1], 3), FrequencyProposal)
-    s = build_proposal("similarity", [], 7)
+    def build(name, labels, n):
+        distribution = distribution_config()
+        distribution.name = name
+        return build_proposal(distribution, labels, n)
+
+    u = build("uniform", [], 3)
+    assert isinstance(u, UniformProposal) and u.distribution(torch.tensor([0])) is None
+    assert isinstance(build("frequency", [0, 1], 3), FrequencyProposal)
+    s = build("similarity", [], 7)
     assert (s.num_classes, s.refresh_steps, s.temperature, s.uniform_mix) == (7, 200, 0.05, 0.5)
-    with pytest.raises(ValueError, match="uniform, frequency or similarity"):
-        build_proposal("hard", [], 3)
+    with pytest.raises(ValueError, match=r"unknown sampling.distribution.name 'hard': registered are "
+                                         r"frequency, similarity, uniform"):
+        build("hard", [], 3)
 
 
 # ------------------------------------------------------------------ RandAugment2
@@ -346,7 +359,7 @@ def test_export_prompt_epoch_flag_overrides_the_prompts(tmp_path, export_prompt,
 
 def test_similarity_proposal_needs_a_refresh_first():
     with pytest.raises(AssertionError, match=r"^refresh\(\) must run before the first step$"):
-        SimilarityProposal(4, 3, 0.1, 0.5).distribution(torch.tensor([0]))
+        similarity(4, 3, 0.1, 0.5).distribution(torch.tensor([0]))
 
 
 def test_a_process_of_another_user_counts_as_alive(monkeypatch):

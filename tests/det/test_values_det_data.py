@@ -44,6 +44,9 @@ DETIC_KEYS = [
     ("DATALOADER.DATASET_INPUT_SIZE", [640, 320], {"INPUT.DATASET_INPUT_SIZE": [640, 320]}),
     ("DATALOADER.DATASET_INPUT_SCALE", [[0.1, 2.0], [0.5, 1.5]],
      {"INPUT.DATASET_INPUT_SCALE": [[0.1, 2.0], [0.5, 1.5]]}),
+    ("DATALOADER.DATASET_MIN_SIZES", [[640, 800], [320, 400]], {"INPUT.DATASET_MIN_SIZE": [[640, 800], [320, 400]]}),
+    ("DATALOADER.DATASET_MAX_SIZES", [1333, 667], {"INPUT.DATASET_MAX_SIZE": [1333, 667]}),
+    ("MODEL.TEST_CLASSIFIERS", ["a.npy", "b.npy"], {"MODEL.POMP.TEST_VOCABULARIES": ["a.npy", "b.npy"]}),
     ("DATALOADER.SAMPLER_TRAIN", "MultiDatasetSampler", {"DATALOADER.MULTI_DATASET": True}),
     ("DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler",
      {"DATALOADER.SAMPLER_TRAIN": "RepeatFactorTrainingSampler"}),
@@ -61,7 +64,9 @@ def test_detic_key_means_its_pomp_key(key, value, want):
 
 
 def test_every_alias_is_in_the_table():
-    assert set(ALIASES) == {k for k, _, _ in DETIC_KEYS}
+    # the table holds every plain rename plus the two keys converted by value
+    assert {k for k, _, _ in DETIC_KEYS} - set(ALIASES) == {"MODEL.ROI_BOX_HEAD.USE_BIAS", "DATALOADER.SAMPLER_TRAIN"}
+    assert set(ALIASES) <= {k for k, _, _ in DETIC_KEYS}
 
 
 @pytest.mark.parametrize("key, value", sorted(FIXED.items()))
@@ -71,11 +76,12 @@ def test_fixed_detic_keys_pass_at_pomps_value_and_are_refused_otherwise(key, val
         translate({key: not value})
 
 
-def test_other_keys_pass_unchanged_and_custom_aug_is_refused():
+def test_other_keys_pass_unchanged_and_custom_aug_is_mapped_or_refused():
     assert translate({"SOLVER.BASE_LR": 0.01, "MODEL.POMP.TEMPERATURE": 5.0}) == {
         "SOLVER.BASE_LR": 0.01, "MODEL.POMP.TEMPERATURE": 5.0}
-    with pytest.raises(ValueError, match="DATASET_AUG"):
-        translate({"INPUT.CUSTOM_AUG": "EfficientDetResizeCrop"})
+    assert translate({"INPUT.CUSTOM_AUG": "EfficientDetResizeCrop"}) == {"INPUT.DATASET_AUG": "resize_scale_crop"}
+    with pytest.raises(ValueError, match="INPUT.DATASET_AUG takes resize_scale_crop or resize_shortest_edge"):
+        translate({"INPUT.CUSTOM_AUG": "DETRCrop"})
     assert flatten({"A": {"B": 1, "C": {"D": [2]}}, "E": 3}) == {"A.B": 1, "A.C.D": [2], "E": 3}
 
 
