@@ -51,9 +51,11 @@ def main(argv=None) -> None:
     cfg.freeze()
     predictor = DefaultPredictor(cfg)
     if names is None:
-        train = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None
         n = predictor.model.roi_heads.num_classes
-        names = train.thing_classes if train is not None and train.get("thing_classes") else [f"class {i}" for i in range(n)]
+        # an .npy vocabulary has no names: the training set's would mislabel its classes
+        train = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN and not args.vocabulary else None
+        known = train.get("thing_classes") if train is not None else None
+        names = known if known and len(known) == n else [f"class {i}" for i in range(n)]
     metadata = MetadataCatalog.get("__pomp_demo")
     metadata.set(thing_classes=list(names))
     os.makedirs(args.output, exist_ok=True)

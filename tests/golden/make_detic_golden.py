@@ -281,6 +281,7 @@ def main(argv=None) -> None:
                  f"{'none given' if root is None else str(root) + ' has no ' + CONFIG + ' or CenterNet2'}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)  # the test compares on one thread too (summation order)
     _patch_for_this_stack(root)
     import centernet.modeling.dense_heads.centernet  # noqa: F401  (registers CenterNet)
     import detic.modeling.meta_arch.custom_rcnn  # noqa: F401  (CustomRCNN)
