@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
-LINKED = ["pomp_core", "pomp_det", "pomp_seg", "tools", "tests", "configs", "pytest.ini"]
+LINKED = ["pomp_core", "pomp_det", "pomp_seg", "pomp_world", "tools", "tests", "configs", "pytest.ini"]
 # module -> the fast test files whose failures a bug in it should cause (docs/README.md);
 # mutmut runs them twice in one process, so a test that registers a dataset must do so once
 COVERING: Dict[str, List[str]] = {

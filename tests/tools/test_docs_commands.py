@@ -36,7 +36,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
-LINKED = ["tools", "configs", "pomp_core", "pomp_det", "pomp_seg", "benchmarks", "requirements",
+LINKED = ["tools", "configs", "pomp_core", "pomp_det", "pomp_seg", "pomp_world", "benchmarks", "requirements",
           "setup.py", "Makefile"]
 SHELL_FENCES = ("bash", "sh", "shell")
 MARKER = re.compile(r"<!--\s*docs-test:\s*(.*?)\s*-->")
