@@ -29,6 +29,7 @@ BAD_ARGUMENTS = {
                               "--vocabulary", "cat,dog,cat", "--out", "{tmp}/e.npy"], "repeats"),
     "export_prompt.py": (["--prompt", MISSING, "--out", "{tmp}/release"], MISSING),
     "make_world.py": (["--out", "{tmp}/w", "--det-classes", "-3"], "--det-classes -3"),
+    "mutation.py": (["pomp_det/no_such_module.py"], "no_such_module.py"),
     "pretrain.py": (["--config", "configs/pomp/world_tiny.yaml", "optim.lrr=0.1"], "optim.lrr"),
     "test_seg.py": (["configs/seg/zsseg-r18tiny_world.py", MISSING + ".pth"], MISSING),
     "train_net.py": (["--config-file", "configs/det/world/world-base_pomp.yaml", "--world", "{tmp}/none"],
