@@ -107,6 +107,19 @@ def run_stage(model, k, feats, boxes):
     return pred, scores, deltas
 
 
+def refine(pred, deltas, boxes, proposals):
+    """The next stage's boxes: the deltas applied to ``boxes`` and clipped to each image."""
+    new = pred.box2box_transform.apply_deltas(deltas, torch.cat(boxes)).split([len(b) for b in boxes])
+    out = []
+    for b, p in zip(new, proposals):
+        h, w = p.image_size
+        b = b.clone()
+        b[:, 0::2] = b[:, 0::2].clamp(0, w)
+        b[:, 1::2] = b[:, 1::2].clamp(0, h)
+        out.append(b)
+    return out
+
+
 LABELS = [[1, 3], [2]]
 
 
@@ -123,14 +136,7 @@ def test_cascade_image_label_losses_follow_the_refined_boxes():
             pred, scores, deltas = run_stage(model, k, feats, boxes)
             n = [len(b) for b in boxes]
             stage_losses.append(weak_loss(scores.double().split(n), boxes, LABELS, 0.25))
-            new = pred.box2box_transform.apply_deltas(deltas, torch.cat(boxes)).split(n)
-            boxes = []
-            for b, p in zip(new, proposals):
-                h, w = p.image_size
-                b = b.clone()
-                b[:, 0::2] = b[:, 0::2].clamp(0, w)
-                b[:, 1::2] = b[:, 1::2].clamp(0, h)
-                boxes.append(b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])])
+            boxes = [b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])] for b in refine(pred, deltas, boxes, proposals)]
     assert len(set(round(v, 6) for v in stage_losses)) == 3  # the stages differ
     for k in range(3):
         assert float(losses[f"loss_image_label_stage{k}"]) == pytest.approx(stage_losses[k], rel=1e-4)
@@ -177,14 +183,7 @@ def test_cascade_test_score_is_sqrt_of_the_stage_mean_times_objectness():
         for k in range(3):
             pred, scores, deltas = run_stage(model, k, feats, boxes)
             probs.append(scores.sigmoid())
-            new = pred.box2box_transform.apply_deltas(deltas, torch.cat(boxes)).split([6, 3])
-            boxes = []
-            for b, p in zip(new, proposals):
-                h, w = p.image_size
-                b = b.clone()
-                b[:, 0::2] = b[:, 0::2].clamp(0, w)
-                b[:, 1::2] = b[:, 1::2].clamp(0, h)
-                boxes.append(b)
+            boxes = refine(pred, deltas, boxes, proposals)
     obj = torch.cat([p.objectness_logits for p in proposals]).sigmoid()
     score = ((probs[0] + probs[1] + probs[2]) / 3 * obj[:, None]).sqrt()[:, :C]
     for i, (start, stop) in enumerate([(0, 6), (6, 9)]):
@@ -209,14 +208,7 @@ def test_cascade_test_score_without_objectness_is_the_stage_mean():
         for k in range(3):
             pred, scores, deltas = run_stage(model, k, feats, boxes)
             probs.append(scores.sigmoid())
-            new = pred.box2box_transform.apply_deltas(deltas, torch.cat(boxes)).split([6, 3])
-            boxes = []
-            for b, p in zip(new, proposals):
-                h, w = p.image_size
-                b = b.clone()
-                b[:, 0::2] = b[:, 0::2].clamp(0, w)
-                b[:, 1::2] = b[:, 1::2].clamp(0, h)
-                boxes.append(b)
+            boxes = refine(pred, deltas, boxes, proposals)
     score = ((probs[0] + probs[1] + probs[2]) / 3)[:, :C]
     want = score[:6].flatten().sort(descending=True).values
     torch.testing.assert_close(out[0].scores.sort(descending=True).values, want, rtol=1e-5, atol=1e-6)
