@@ -2,7 +2,6 @@
 drawn once with a seed (``ClassRecordDataset``), on generated VOC / COCO-Stuff in their real
 layouts, and ``PromptTuner`` cropping a record's class alone."""
 import json
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -21,10 +20,11 @@ from mmseg.registry import DATASETS, MODELS  # noqa: E402
 from mmseg.structures import SegDataSample  # noqa: E402
 
 import pomp_seg  # noqa: E402,F401
-from tests.seg.seg_fixtures import ROOT, SEG_CONFIGS, make_coco_stuff, make_voc, override_config  # noqa: E402
+from tests.seg.seg_fixtures import SEG_CONFIGS, make_coco_stuff, make_voc, override_config  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "tools"))
-import train_seg  # noqa: E402
+from tests.tool_scripts import load_tool  # noqa: E402
+
+train_seg = load_tool("train_seg")
 
 VOC_PROMPT = SEG_CONFIGS / "zsseg-prompt_voc12aug.py"
 COCO_PROMPT = SEG_CONFIGS / "zsseg-prompt_coco-stuff164k.py"

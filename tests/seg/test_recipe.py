@@ -3,7 +3,6 @@ empty proposals, input normalisation, the query MLP, the separate region prompt,
 crops and the cross-dataset settings; and the configs built and run on generated data in
 the real layouts with the real class lists."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +21,12 @@ from mmseg.registry import DATASETS, MODELS  # noqa: E402
 import pomp_seg  # noqa: E402
 from pomp_seg.clip import CLIP_MEAN, CLIP_STD  # noqa: E402
 from pomp_seg.crop_classifier import CLIPCropClassifier  # noqa: E402
-from tests.seg.seg_fixtures import ROOT, SEG_CONFIGS, TINY_MODEL, make_coco_stuff, make_voc, override_config  # noqa: E402
+from tests.seg.seg_fixtures import SEG_CONFIGS, TINY_MODEL, make_coco_stuff, make_voc, override_config  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "tools"))
-import test_seg  # noqa: E402
-import train_seg  # noqa: E402
+from tests.tool_scripts import load_tool  # noqa: E402
+
+test_seg = load_tool("test_seg")
+train_seg = load_tool("train_seg")
 
 VOC_CFG = SEG_CONFIGS / "zsseg-r101c_voc12aug-512x512.py"
 COCO_CFG = SEG_CONFIGS / "zsseg-r101c_coco-stuff164k-640x640.py"

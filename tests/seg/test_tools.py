@@ -20,8 +20,9 @@ from mmseg.registry import MODELS  # noqa: E402
 from pomp_world import WorldConfig, write_world  # noqa: E402
 from tests.seg.seg_fixtures import ROOT, SEG_CONFIGS, TINY_MODEL, override_config  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "tools"))
-import demo_seg  # noqa: E402
+from tests.tool_scripts import load_tool  # noqa: E402
+
+demo_seg = load_tool("demo_seg")
 
 VOC_TINY = {**TINY_MODEL, "model.region_text_encoder.prompt": None,
             "model.region_text_encoder.init_words": "a sculpture of", "model.text_encoder.init_words": None}

@@ -20,9 +20,10 @@ from mmengine.logging import MMLogger  # noqa: E402
 from pomp_world import WorldConfig, write_world  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "tools"))
-import test_seg  # noqa: E402
-import train_seg  # noqa: E402
+from tests.tool_scripts import load_tool  # noqa: E402
+
+test_seg = load_tool("test_seg")
+train_seg = load_tool("train_seg")
 
 PROMPT_CFG = str(ROOT / "configs/seg/zsseg-prompt_world.py")
 SEG_CFG = str(ROOT / "configs/seg/zsseg-r18tiny_world.py")
