@@ -21,12 +21,12 @@ import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import torch
 import torch.distributed as dist
 
 import pomp_core
 from pomp_core.cli import check_clip_args, run_tool
 from pomp_core.log import setup_logging
+from pomp_core.pretrain.distributed import init_process_group
 from pomp_core.transfer import (DATASETS, GROUPS, FeatureCache, ModelIdentity, build_datasets, evaluate,
                                 parse_prompt, write_report)
 
@@ -49,21 +49,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def setup_distributed() -> torch.device:
-    """torchrun sets WORLD_SIZE/LOCAL_RANK: one GPU per rank (gloo on CPU-only machines)."""
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-
-
 def main(argv: Optional[List[str]] = None) -> Dict[str, Dict[str, float]]:
     args = parse_args(argv)
-    device = setup_distributed()
-    main_rank = not dist.is_initialized() or dist.get_rank() == 0
+    # torchrun's WORLD_SIZE / RANK / LOCAL_RANK, one GPU per rank (gloo on CPU-only machines): the set-up
+    # pre-training uses, with torch's default collective timeout (the feature cache's broadcasts and gathers).
+    group = init_process_group("auto", dist_timeout_s=1800.0, rank0_wait_s=1800.0)
+    device, main_rank = group.device, group.is_main
     prompts = [parse_prompt(s, trusted=args.trusted) for s in args.prompt]
     labels = [p.label for p in prompts]
     if len(set(labels)) != len(labels):
