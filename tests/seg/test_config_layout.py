@@ -5,11 +5,11 @@ mmengine's Runner reads) but for the deliberate changes listed here. ``model.bac
 out: the R101c backbone is being replaced by the R-103 DeepLab stem (issue 23, item 1)."""
 import json
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
+from tests.config_blocks import repeated_blocks
 from tests.frameworks import require
 
 require("mmengine")
@@ -66,13 +66,7 @@ def test_each_config_resolves_as_before_but_for_the_deliberate_changes(name):
 
 
 def test_no_block_of_six_lines_is_repeated():
-    seen = defaultdict(list)
-    for path in sorted(SEG.rglob("*.py")):
-        lines = [line.strip() for line in path.read_text().splitlines()]
-        lines = [line for line in lines if line and not line.startswith("#")]
-        for i in range(len(lines) - 5):
-            seen["\n".join(lines[i:i + 6])].append(f"{path.relative_to(SEG)}:{i}")
-    repeated = {block: where for block, where in seen.items() if len(where) > 1}
+    repeated = repeated_blocks(SEG, "*.py")
     assert not repeated, f"repeated config blocks: {repeated}"
 
 
