@@ -10,7 +10,7 @@ EXTRAS = {
     "det": ["lvis", "pycocotools"],
     "seg": ["mmcv>=2.0.0,<2.2.0", "mmengine>=0.10", "mmsegmentation>=1.2", "mmdet>=3.0"],
     "train": ["tensorboard", "matplotlib"],
-    "test": ["pytest"],
+    "test": ["pytest", "pytest-xdist"],
 }
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
 EXTRAS["detectron2"] = ["detectron2 @ git+https://github.com/facebookresearch/detectron2.git"]

@@ -26,13 +26,13 @@ pin() { sed -n "s/^$1==//p" "$pins"; }
 want_stamp="$(cat "$pins" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
 check_stack() {  # full imports: run once after installing
   "$venv/bin/python" - <<'EOF' 2>/dev/null
-import detectron2, detectron2.modeling, lvis, mmcv.ops, mmdet, mmengine, mmseg.models, open_clip, pomp_core, torch
+import detectron2, detectron2.modeling, lvis, mmcv.ops, mmdet, mmengine, mmseg.models, open_clip, pomp_core, torch, xdist
 EOF
 }
 stack_present() {  # cheap: every top-level package is findable, without importing it
   "$venv/bin/python" - <<'EOF' 2>/dev/null
 import importlib.util, sys
-mods = ["detectron2", "lvis", "mmcv", "mmdet", "mmengine", "mmseg", "open_clip", "pomp_core", "torch"]
+mods = ["detectron2", "lvis", "mmcv", "mmdet", "mmengine", "mmseg", "open_clip", "pomp_core", "torch", "xdist"]
 sys.exit(any(importlib.util.find_spec(m) is None for m in mods))
 EOF
 }

@@ -46,6 +46,7 @@ def tiny_world(tmp_path_factory):
     return root
 
 
+@pytest.mark.xdist_group("two-process")  # ranks on both cores: never beside another two-process test
 @pytest.mark.slow
 def test_two_process_image_label_training_with_cascade_heads(tiny_world, tmp_path):
     ranks = batch_types(tiny_world, ITERS)

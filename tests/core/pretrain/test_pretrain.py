@@ -247,6 +247,7 @@ def test_feature_cache_runs_the_image_tower_once(world, tmp_path, monkeypatch):
     assert len(list((out / "feature_cache").glob("*.valid.npy"))) == 1
 
 
+@pytest.mark.xdist_group("two-process")  # ranks on both cores: never beside another two-process test
 @pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(world, tmp_path):
     """torchrun, gloo, 2 x batch 2 == 1 x batch 4 (K = N: the negatives are every class)."""

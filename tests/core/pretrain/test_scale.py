@@ -105,6 +105,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
+@pytest.mark.xdist_group("two-process")  # ranks on both cores: never beside another two-process test
 @pytest.mark.slow
 def test_slow_rank0_waits_past_a_short_process_group_timeout(tmp_path):
     """2 gloo processes, dist_timeout_s=2: rank 0 sleeps 5 s scanning the folders and validating;

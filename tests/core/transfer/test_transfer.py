@@ -222,6 +222,7 @@ def test_classify_tool_agrees_with_the_benchmark_top1(world, world_clip, tmp_pat
                                "--vocabulary", "cat,dog,cat", "--image", str(data.image_root)])
 
 
+@pytest.mark.xdist_group("two-process")  # ranks on both cores: never beside another two-process test
 @pytest.mark.slow
 def test_two_processes_give_the_features_and_table_of_one(world, tmp_path):
     """torchrun, gloo: each rank encodes half the images, rank 0 gathers and writes."""
