@@ -73,11 +73,13 @@ def box_ap(world, tmp_path_factory):
     return get
 
 
+@pytest.mark.xdist_group("det-world-mask-rcnn")  # under xdist: its trainings on one worker, the other recipe's on the other
 def test_pomp_classifier_detects_novel_classes(box_ap):
     ap = box_ap("pomp")
     assert ap["APr"] > MIN_NOVEL_AP, ap
 
 
+@pytest.mark.xdist_group("det-world-mask-rcnn")  # under xdist: its trainings on one worker, the other recipe's on the other
 def test_novel_ap_comes_from_the_class_names(box_ap):
     pomp, random = box_ap("pomp"), box_ap("random")
     # the control learned the base classes (nearly all "c" in the val json): its low APr is
@@ -86,11 +88,13 @@ def test_novel_ap_comes_from_the_class_names(box_ap):
     assert pomp["APr"] > random["APr"] + MARGIN, (pomp, random)
 
 
+@pytest.mark.xdist_group("det-world-centernet2")  # under xdist: its trainings on one worker, the other recipe's on the other
 def test_centernet2_pomp_classifier_detects_novel_classes(box_ap):
     ap = box_ap("c2_pomp")
     assert ap["APr"] > C2_MIN_NOVEL_AP, ap
 
 
+@pytest.mark.xdist_group("det-world-centernet2")  # under xdist: its trainings on one worker, the other recipe's on the other
 def test_centernet2_novel_ap_comes_from_the_class_names(box_ap):
     pomp, random = box_ap("c2_pomp"), box_ap("c2_random")
     assert random["APc"] > 20, random  # the control learned the base classes

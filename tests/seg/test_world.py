@@ -80,6 +80,7 @@ def real_results(real_world, tmp_path_factory) -> dict:
     return _pomp_vs_random(real_world, tmp_path_factory.mktemp("segruns_real"))
 
 
+@pytest.mark.xdist_group("seg-world-seen-only")  # under xdist: one condition's three trainings on one worker, the other's on the other
 def test_pomp_text_features_segment_unseen_classes_far_above_random(results):
     pomp, rand = results["pomp"], results["random"]
     print({k: {m: v[m] for m in ("mIoU_seen", "mIoU_unseen", "hIoU")} for k, v in results.items()})
@@ -90,6 +91,7 @@ def test_pomp_text_features_segment_unseen_classes_far_above_random(results):
     assert set(pomp) >= {"mIoU_seen", "IoU.small green plain diamond"}
 
 
+@pytest.mark.xdist_group("seg-world-real")  # under xdist: one condition's three trainings on one worker, the other's on the other
 def test_real_training_condition_unseen_objects_labelled_ignore_still_segmented(real_world, real_results):
     unseen = json.loads((real_world / "classes.json").read_text())["unseen"]
     labels = [np.array(Image.open(p)) for p in sorted((real_world / "ann_dir" / "train").glob("*.png"))]
