@@ -1,0 +1,219 @@
+"""pomp_seg's segmentor, proposal head and text encoder by value: the test-time composition
+(mask threshold on probabilities, per-image crops, neutral CLIP scores for empty proposals,
+the seen / unseen ensemble, the region prompt's embeddings) on logits near the threshold
+and a batch of two images; seen-label remapping; the proposal head's softmax without the
+no-object column; the text encoder's template ensemble, background row and size checks."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.frameworks import require
+
+require("mmseg.models")
+from mmengine.config import Config  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
+from mmengine.structures import PixelData  # noqa: E402
+from mmseg.registry import MODELS  # noqa: E402
+from mmseg.structures import SegDataSample  # noqa: E402
+
+import pomp_seg  # noqa: E402
+from pomp_seg.text_encoder import encoder_class_names  # noqa: E402
+from tests.seg.seg_fixtures import SEG_CONFIGS, TINY_MODEL  # noqa: E402
+
+VOC_CFG = SEG_CONFIGS / "zsseg-r101c_voc12aug-512x512.py"
+NAMES = ["red circle", "blue square", "green star"]
+
+
+@pytest.fixture(autouse=True)
+def mmseg_scope():
+    init_default_scope("mmseg")
+
+
+def segmentor(tiny_clip, **kwargs):
+    """The VOC config's segmentor at the tests' tiny sizes, prompt from words."""
+    cfg = Config.fromfile(str(VOC_CFG))
+    cfg.merge_from_dict({k: v for k, v in TINY_MODEL.items() if not k.startswith("model.text_encoder")})
+    model_cfg = cfg.model
+    model_cfg["text_encoder"] = dict(type="POMPTextEncoder", dataset_name="ZeroShotVOCDataset",
+                                     clip=tiny_clip[:2], init_words="a photo of a")
+    model_cfg["region_text_encoder"] = None
+    model_cfg.update(kwargs)
+    torch.manual_seed(0)
+    model = MODELS.build(model_cfg)
+    model.init_weights()
+    return model.eval()
+
+
+def hand_scores(model, image, p_mf, logits, region_embeds, lam, threshold, seen):
+    """ZSSeg's test score by hand for one image: crops of the masks whose sigmoid exceeds the
+    threshold, CLIP probabilities (1 for an empty mask), the geometric ensemble, the sum over
+    queries of probability x sigmoid(mask)."""
+    masks = logits.sigmoid() > threshold
+    p_clip = torch.ones_like(p_mf)
+    clf = model.crop_classifier
+    for q in range(len(masks)):
+        if masks[q].any():
+            crop = pomp_seg.crop_classifier.masked_crops(clf.to_clip(image), masks[q][None], clf.input_size,
+                                                         clf.min_crop_size)
+            f = F.normalize(clf.visual(crop).float(), dim=-1)
+            p_clip[q] = (clf.temperature * f @ region_embeds.t()).softmax(-1)[0]
+    ens = torch.where(seen, p_mf ** lam * p_clip ** (1 - lam), p_mf ** (1 - lam) * p_clip ** lam)
+    return torch.einsum("qc,qhw->chw", ens, logits.sigmoid())
+
+
+def test_encode_decode_by_hand_near_the_threshold_on_two_images(tiny_clip):
+    model = segmentor(tiny_clip, mask_threshold=0.6, ensemble_lambda=0.8)
+    g = torch.Generator().manual_seed(1)
+    p_mf = torch.rand(2, 4, 20, generator=g).softmax(-1)
+    logits = torch.full((2, 4, 24, 40), -0.3)  # sigmoid 0.43 outside the masks
+    logits[0, 0, 2:10, 3:30] = 0.45  # sigmoid 0.61: in the mask (a logit test at 0.6 says no)
+    logits[0, 1, 12:20, 5:9] = 0.3  # sigmoid 0.57: below the threshold: an empty proposal
+    logits[0, 2, 4:22, 20:38] = 2.0
+    logits[1, 0, 0:5, 0:40] = 0.5
+    logits[1, 3, 10:24, 11:13] = 3.0  # image 1's masks differ from image 0's
+    model.decode_head.proposals = lambda x, metas, shape: (p_mf, logits)
+    images = torch.randn(2, 3, 24, 40, generator=g)
+    out = model.encode_decode(images, [dict(img_shape=(24, 40))] * 2)
+    embeds = model.text_encoder.class_embeddings(model.text_encoder.class_names)
+    seen = model.is_seen()
+    assert seen.sum() == 15 and not seen.all()
+    for b in range(2):
+        want = hand_scores(model, images[b], p_mf[b], logits[b], embeds, 0.8, 0.6, seen)
+        torch.testing.assert_close(out[b], want, rtol=1e-4, atol=1e-6)
+    # without the ensemble: the query probabilities alone
+    model.crop_classifier = None
+    plain = model.encode_decode(images, [dict(img_shape=(24, 40))] * 2)
+    torch.testing.assert_close(plain[1], torch.einsum("qc,qhw->chw", p_mf[1], logits[1].sigmoid()))
+
+
+def test_unseen_everywhere_without_seen_flags_and_the_region_prompt(tiny_clip):
+    region = dict(type="POMPTextEncoder", dataset_name="ZeroShotVOCDataset", init_words="a picture of the")
+    model = segmentor(tiny_clip, ensemble_seen=False, region_text_encoder=region, ensemble_lambda=0.7)
+    assert not model.is_seen().any()
+    assert model.region_text_encoder.class_names == model.text_encoder.class_names
+    g = torch.Generator().manual_seed(2)
+    p_mf = torch.rand(1, 3, 20, generator=g).softmax(-1)
+    logits = torch.randn(1, 3, 16, 22, generator=g) * 2
+    model.decode_head.proposals = lambda x, metas, shape: (p_mf, logits)
+    image = torch.randn(1, 3, 16, 22, generator=g)
+    out = model.encode_decode(image, [dict(img_shape=(16, 22))])[0]
+    region_embeds = model.region_text_encoder.class_embeddings(model.text_encoder.class_names)
+    own = model.text_encoder.class_embeddings(model.text_encoder.class_names)
+    assert not torch.allclose(region_embeds, own)
+    want = hand_scores(model, image[0], p_mf[0], logits[0], region_embeds, 0.7, 0.5, model.is_seen())
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-6)
+
+
+def test_training_labels_index_the_seen_list_and_unseen_become_ignore(tiny_clip):
+    model = segmentor(tiny_clip)
+    vocab = model.text_encoder.class_names
+    seen_idx = model.seen_index()
+    assert [vocab[i] for i in seen_idx] == list(model.seen_classes) and len(seen_idx) == 15
+    unseen = [i for i in range(20) if i not in seen_idx]
+    labels = torch.tensor([[seen_idx[3], unseen[0], 255], [seen_idx[0], seen_idx[14], unseen[4]]], dtype=torch.uint8)
+    sample = SegDataSample()
+    sample.gt_sem_seg = PixelData(data=labels[None].clone())
+    out = model._to_seen_labels([sample])[0].gt_sem_seg.data[0]
+    assert out.tolist() == [[3, 255, 255], [0, 14, 255]] and out.dtype == torch.uint8
+
+
+def test_set_vocabulary_and_its_errors(tiny_clip):
+    model = segmentor(tiny_clip)
+    model.set_vocabulary(["cat", "sofa", "zebra"])  # VOC: cat seen, sofa unseen, zebra new
+    assert model.num_classes == model.out_channels == 3
+    assert model.is_seen().tolist() == [True, False, False]
+    with pytest.raises(ValueError, match="seen classes"):
+        model.seen_index()
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        model.set_vocabulary([])
+
+
+def test_proposal_head_drops_the_no_object_column_after_the_softmax(tiny_clip):
+    model = segmentor(tiny_clip)
+    head = model.decode_head
+    head.set_class_embeddings(F.normalize(torch.randn(20, 48), dim=-1))
+    feats = model.extract_feat(torch.randn(1, 3, 32, 48))
+    cls, masks = head(feats, [SegDataSample(metainfo=dict(img_shape=(32, 48), batch_input_shape=(32, 48)))])
+    probs, up = head.proposals(feats, [dict(img_shape=(32, 48))], (32, 48))
+    torch.testing.assert_close(probs, cls[-1].softmax(-1)[..., :-1])  # sums below 1: no object kept out
+    torch.testing.assert_close(probs.sum(-1), 1 - cls[-1].softmax(-1)[..., -1])
+    torch.testing.assert_close(up, F.interpolate(masks[-1], size=(32, 48), mode="bilinear", align_corners=False))
+    head.set_class_embeddings(torch.randn(7, 48))
+    with pytest.raises(ValueError, match="num_classes=15"):
+        head.loss(feats, [], {})
+
+
+# ------------------------------------------------------------------ text encoder
+def build_encoder(tiny_clip, **kw):
+    kw.setdefault("vocabulary", NAMES)
+    return MODELS.build(dict(type="POMPTextEncoder", clip=tiny_clip[:2], **kw))
+
+
+def test_templates_are_averaged_after_normalising_each(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    templates = ["a photo of a {}.", "{} in the wild", "art of the {}"]
+    enc = build_encoder(tiny_clip, templates=templates, cat_bg=False)
+    with torch.no_grad():
+        per = [F.normalize(model.encode_text(tokenizer([t.format(n) for n in NAMES])), dim=-1) for t in templates]
+    want = F.normalize(torch.stack(per).mean(0), dim=-1)
+    torch.testing.assert_close(enc.class_embeddings(NAMES), want, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(enc(), model.logit_scale.exp() * want, atol=1e-4, rtol=1e-4)
+    vild = build_encoder(tiny_clip, templates="vild", cat_bg=False)
+    assert len(vild.templates) > 3 and all("{}" in t for t in vild.templates)
+
+
+def test_background_row_is_normalised_and_scaled(tiny_clip):
+    model = tiny_clip[0]
+    enc = build_encoder(tiny_clip, init_words="a photo of a")
+    out = enc()
+    assert out.shape == (4, 48)
+    scale = model.logit_scale.exp()
+    torch.testing.assert_close(out[:3], scale * enc.class_embeddings(NAMES))
+    torch.testing.assert_close(out[3], scale * F.normalize(enc.bg_embed[0], dim=0))
+
+
+def test_encode_keeps_the_asked_order_with_repeats_and_without_a_cache(tiny_clip):
+    cached = build_encoder(tiny_clip, init_words="a photo of a", cat_bg=False)
+    fresh = build_encoder(tiny_clip, init_words="a photo of a", cat_bg=False, cache_feature=False)
+    names = ["green star", "red circle", "green star"]
+    a, b = cached.class_embeddings(names), fresh.class_embeddings(names)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a[0], a[2])
+    assert not torch.allclose(a[0], a[1])
+    assert sorted(cached._cache) == ["green star", "red circle"] and fresh._cache == {}
+
+
+@pytest.mark.parametrize("key, value, ok", [
+    ("total_vocab_size", 49408, True), ("total_vocab_size", 49407, False), ("context_length", 77, True),
+    ("context_length", 76, False), ("embed_dims", 64, True), ("embed_dims", 48, False),
+    ("num_layers", 2, True), ("num_layers", 3, False), ("num_heads", 2, True), ("num_heads", 4, False),
+    ("mlp_ratio", 4.0, True), ("mlp_ratio", 2.0, False), ("output_dims", 48, True), ("output_dims", 64, False),
+])
+def test_clip_text_encoder_sizes_are_checked(tiny_clip, key, value, ok):
+    if ok:
+        build_encoder(tiny_clip, init_words="a", **{key: value})
+    else:
+        with pytest.raises(ValueError, match=key):
+            build_encoder(tiny_clip, init_words="a", **{key: value})
+
+
+def test_state_dict_holds_the_text_tower_only_and_it_stays_in_eval(tiny_clip):
+    enc = build_encoder(tiny_clip, init_words="a photo of a")
+    keys = list(enc.state_dict())
+    assert keys and not any("visual" in k for k in keys) and "bg_embed" in keys
+    enc.train()
+    assert enc.training and not enc.text.training
+    visual, scale = enc.visual()
+    assert visual is tiny_clip[0].visual and scale == pytest.approx(float(tiny_clip[0].logit_scale.exp()))
+
+
+def test_encoder_class_names_sources(tmp_path):
+    assert encoder_class_names(vocabulary="cat,dog") == ["cat", "dog"]
+    voc = encoder_class_names(dataset_name="voc")  # mmseg's names, background dropped
+    assert len(voc) == 20 and voc[0] == "aeroplane"
+    assert encoder_class_names(dataset_name="ZeroShotVOCDataset")[:2] == ["aeroplane", "bicycle"]
+    for bad in (dict(), dict(dataset_name="voc", vocabulary="a")):
+        with pytest.raises(ValueError, match="exactly one"):
+            encoder_class_names(**bad)
+    assert np.array_equal(encoder_class_names(vocabulary=["b", "a"]), ["b", "a"])
