@@ -3,6 +3,7 @@ against a hand count over several images (absent classes, a class predicted but 
 present, ignored pixels), and the masked crops / CLIP crop probabilities against a hand
 slicing of non-square, off-centre masks."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from mmseg.registry import METRICS  # noqa: E402
 from mmseg.structures import SegDataSample  # noqa: E402
 
 from pomp_seg.clip import CLIP_MEAN, CLIP_STD  # noqa: E402
-from pomp_seg.crop_classifier import CLIPCropClassifier, masked_crops  # noqa: E402
+from pomp_seg.crop_classifier import CLIPCropClassifier, encode_any_size, masked_crops  # noqa: E402
 from pomp_seg.metric import harmonic_iou  # noqa: E402
 
 CLASSES = ("a", "b", "c", "d", "e", "f")
@@ -75,6 +76,24 @@ def test_seen_unseen_and_harmonic_iou_over_images():
     assert res["mIoU"] == pytest.approx(np.nanmean(iou), abs=0.006)
 
 
+def test_reported_values_are_rounded_to_two_decimals_and_absent_classes_raise_no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0 / 0 of the absent class and an empty seen list: silent
+        res = run_metric()
+        none_seen = run_metric(unseen_classes=list(CLASSES))
+    iou = hand_iou()
+    seen, unseen = np.nanmean(iou[[0, 1, 3, 4]]), np.mean(iou[[2, 5]])
+    assert res["mIoU_seen"] == round(seen, 2) and res["mIoU_unseen"] == round(unseen, 2)
+    assert res["hIoU"] == round(2 * seen * unseen / (seen + unseen), 2)
+    assert round(seen, 3) != round(seen, 2)
+    other = run_metric(unseen_classes=["b", "f"])
+    seen, unseen = np.nanmean(iou[[0, 2, 3, 4]]), np.mean(iou[[1, 5]])  # 63.33, 33.33
+    assert other["mIoU_unseen"] == round(unseen, 2) and round(unseen, 3) != round(unseen, 2)
+    assert other["hIoU"] == round(2 * seen * unseen / (seen + unseen), 2)
+    assert res["IoU.b"] == round(iou[1], 2) and round(iou[1], 3) != round(iou[1], 2)
+    assert math.isnan(none_seen["mIoU_seen"])
+
+
 def test_unseen_classes_given_by_name_override_the_dataset():
     res = run_metric(unseen_classes=["a", "d"])
     iou = hand_iou()
@@ -91,7 +110,8 @@ def test_all_classes_unseen_gives_a_nan_seen_miou():
 
 
 @pytest.mark.parametrize("seen, unseen, want", [(60.0, 20.0, 30.0), (20.0, 60.0, 30.0), (50.0, 50.0, 50.0),
-                                                (0.0, 0.0, 0.0), (0.0, 40.0, 0.0), (10.0, 90.0, 18.0)])
+                                                (0.0, 0.0, 0.0), (0.0, 40.0, 0.0), (10.0, 90.0, 18.0),
+                                                (0.3, 0.6, 0.4), (0.5, 0.0, 0.0)])
 def test_harmonic_iou_table(seen, unseen, want):
     assert harmonic_iou(seen, unseen) == pytest.approx(want)
 
@@ -121,6 +141,74 @@ def test_masked_crop_at_its_own_size_keeps_the_pixels():
     mask[1:6, 4:9] = True  # 5 x 5
     crop = masked_crops(img, mask[None], 5)[0]
     torch.testing.assert_close(crop, img[:, 1:6, 4:9])
+
+
+def test_masked_crops_fill_the_outside_with_a_per_channel_colour_and_skip_empty_masks():
+    img = ramp(9, 13)
+    masks = torch.zeros(3, 9, 13, dtype=torch.bool)
+    masks[1, 2:7, 3:10] = True  # mask 0 is empty: it must not stop the later ones
+    masks[1, 4, 5] = False
+    masks[2, 0:3, 0:2] = True
+    fill = torch.tensor([0.5, -1.0, 2.0])
+    crops = masked_crops(img, masks, 4, mode="bilinear", fill=fill)
+    f = fill.view(3, 1, 1)
+    torch.testing.assert_close(crops[0], f.expand(3, 4, 4))  # empty: all fill
+    for i, (y0, y1, x0, x1) in ((1, (2, 7, 3, 10)), (2, (0, 3, 0, 2))):
+        filled = torch.where(masks[i], img, f)[:, y0:y1, x0:x1]
+        want = F.interpolate(filled[None], size=(4, 4), mode="bilinear", align_corners=False)[0]
+        torch.testing.assert_close(crops[i], want)
+    plain = masked_crops(img, masks, 4, mode="bilinear")
+    assert plain[0].abs().sum() == 0
+    torch.testing.assert_close(plain[1], F.interpolate((img * masks[1])[None, :, 2:7, 3:10], size=(4, 4),
+                                                       mode="bilinear", align_corners=False)[0])
+
+
+def test_min_crop_size_reaches_past_the_bottom_right_corner():
+    img = ramp(10, 12)
+    mask = torch.zeros(10, 12, dtype=torch.bool)
+    mask[9, 10:12] = True  # 1 x 2 in the corner: 6 rows and 5 columns to grow, half past the edge
+    crop = masked_crops(img, mask[None], 7, min_crop_size=7)[0]
+    canvas = torch.zeros(3, 30, 32)
+    canvas[:, 10:20, 10:22] = img * mask
+    y0, x0 = 9 - 6 // 2, 10 - 5 // 2
+    torch.testing.assert_close(crop, canvas[:, 10 + y0:10 + y0 + 7, 10 + x0:10 + x0 + 7])
+
+
+class PatchVisual(torch.nn.Module):
+    """A stand-in ViT: patch means (4 x 4 patches of the channel mean) weight the positional
+    embedding's patch rows, plus its class row, so a resized embedding shows in the output."""
+    grid_size = (2, 3)
+    patch_size = (4, 4)
+
+    def __init__(self):
+        super().__init__()
+        self.positional_embedding = torch.nn.Parameter(
+            torch.arange(7 * 5, dtype=torch.float32).reshape(7, 5).sin())
+
+    def forward(self, x):
+        tokens = F.avg_pool2d(x.mean(1, keepdim=True), 4).flatten(1)  # [N, gh * gw], row-major
+        return tokens @ self.positional_embedding[1:] + self.positional_embedding[0]
+
+
+def test_encode_any_size_resizes_the_patch_grid_of_the_positional_embedding():
+    vis = PatchVisual()
+    g = torch.Generator().manual_seed(4)
+    own = torch.randn(2, 3, 8, 12, generator=g)
+    torch.testing.assert_close(encode_any_size(vis, own), vis(own))
+    pos = vis.positional_embedding.detach().clone()
+    for h, w in ((12, 8), (13, 21)):  # a 3 x 2 grid (transposed) and 3 x 5 (a remainder cut off)
+        x = torch.randn(2, 3, h, w, generator=g)
+        gh, gw = h // 4, w // 4
+        cols = []
+        for d in range(5):  # each channel's 2 x 3 grid, resized on its own
+            grid = pos[1:, d].reshape(1, 1, 2, 3)
+            cols.append(F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False).flatten())
+        resized = torch.stack(cols, dim=1)
+        tokens = F.avg_pool2d(x.mean(1, keepdim=True), 4).flatten(1)
+        with torch.no_grad():
+            got = encode_any_size(vis, x)
+        torch.testing.assert_close(got, tokens @ resized + pos[0])
+    torch.testing.assert_close(vis.positional_embedding.detach(), pos)  # the tower keeps its own
 
 
 @pytest.mark.parametrize("min_size", [6, 7])

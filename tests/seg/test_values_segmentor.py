@@ -217,3 +217,38 @@ def test_encoder_class_names_sources(tmp_path):
         with pytest.raises(ValueError, match="exactly one"):
             encoder_class_names(**bad)
     assert np.array_equal(encoder_class_names(vocabulary=["b", "a"]), ["b", "a"])
+
+
+def head_config(**kw):
+    cfg = Config.fromfile(str(VOC_CFG))
+    cfg.merge_from_dict({k: v for k, v in TINY_MODEL.items() if k.startswith("model.decode_head")})
+    head = dict(cfg.model.decode_head)
+    for k in ("temperature", "embed_layers", "embed_hidden_dims", "padding_mask"):
+        head.pop(k, None)
+    return dict(head, **kw)
+
+
+def test_proposal_head_defaults_are_zssegs_and_its_arguments_reach_the_classifier():
+    head = MODELS.build(head_config())
+    assert head.cls_embed.temperature == 100.0 and head.padding_mask == "never"
+    linears = [m for m in head.cls_embed.proj if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(32, 1024), (1024, 48)]  # 2 layers, 1024 wide
+    small = MODELS.build(head_config(temperature=7.0, embed_layers=3, embed_hidden_dims=20))
+    assert small.cls_embed.temperature == 7.0
+    linears = [m for m in small.cls_embed.proj if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(32, 20), (20, 20), (20, 48)]
+
+
+def test_proposal_head_loss_sets_the_padded_shape_and_passes_train_cfg(monkeypatch):
+    from mmseg.models.decode_heads import MaskFormerHead
+
+    head = MODELS.build(head_config())
+    head.set_class_embeddings(F.normalize(torch.randn(15, 48), dim=-1))
+    seen = {}
+    monkeypatch.setattr(MaskFormerHead, "loss", lambda self, x, samples, cfg: seen.update(
+        shapes=[s.metainfo["pad_input_shape"] for s in samples], cfg=cfg) or {"loss": 0})
+    samples = [SegDataSample(metainfo=dict(img_shape=(20, 30), pad_shape=(32, 48))),
+               SegDataSample(metainfo=dict(img_shape=(24, 40)))]  # no pad_shape: the image's own
+    cfg = dict(assigner="x")
+    assert head.loss((), samples, cfg) == {"loss": 0}
+    assert seen["shapes"] == [(32, 48), (24, 40)] and seen["cfg"] is cfg
