@@ -62,7 +62,11 @@ COVERING: Dict[str, List[str]] = {
     "pomp_seg/segmentor.py": [f"tests/seg/test_values_segmentor.py::test_{t}" for t in (
         "encode_decode_by_hand_near_the_threshold_on_two_images",
         "unseen_everywhere_without_seen_flags_and_the_region_prompt",
-        "training_labels_index_the_seen_list_and_unseen_become_ignore", "set_vocabulary_and_its_errors")]
+        "training_labels_index_the_seen_list_and_unseen_become_ignore", "set_vocabulary_and_its_errors",
+        "predict_crops_to_the_image_before_the_crops_and_the_padding_after",
+        "loss_trains_on_the_seen_embeddings_and_labels_with_the_decode_prefix",
+        "defaults_threshold_at_one_half_on_probabilities_and_lambda_point_seven",
+        "encode_decode_scores_the_heads_own_proposals", "pretrained_and_init_cfg_reach_the_backbone_and_the_model")]
     + ["tests/seg/test_recipe.py::test_empty_proposal_gets_a_neutral_clip_probability",
        "tests/seg/test_components.py::test_ensemble_formula_by_hand",
        "tests/seg/test_components.py::test_pixel_scores_sum_over_queries"],

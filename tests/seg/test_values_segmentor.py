@@ -30,7 +30,7 @@ def mmseg_scope():
     init_default_scope("mmseg")
 
 
-def segmentor(tiny_clip, **kwargs):
+def segmentor(tiny_clip, drop=(), init=True, **kwargs):
     """The VOC config's segmentor at the tests' tiny sizes, prompt from words."""
     cfg = Config.fromfile(str(VOC_CFG))
     cfg.merge_from_dict({k: v for k, v in TINY_MODEL.items() if not k.startswith("model.text_encoder")})
@@ -39,9 +39,12 @@ def segmentor(tiny_clip, **kwargs):
                                      clip=tiny_clip[:2], init_words="a photo of a")
     model_cfg["region_text_encoder"] = None
     model_cfg.update(kwargs)
+    for key in drop:  # the segmentor's own default instead of the config's
+        model_cfg.pop(key, None)
     torch.manual_seed(0)
     model = MODELS.build(model_cfg)
-    model.init_weights()
+    if init:
+        model.init_weights()
     return model.eval()
 
 
@@ -103,6 +106,9 @@ def test_unseen_everywhere_without_seen_flags_and_the_region_prompt(tiny_clip):
     assert not torch.allclose(region_embeds, own)
     want = hand_scores(model, image[0], p_mf[0], logits[0], region_embeds, 0.7, 0.5, model.is_seen())
     torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-6)
+    assert model.text_encoder.bg_embed is None and model.region_text_encoder.bg_embed is None
+    model.set_vocabulary(["cat", "zebra"])
+    assert model.region_text_encoder.class_names == ["cat", "zebra"] == model.text_encoder.class_names
 
 
 def test_training_labels_index_the_seen_list_and_unseen_become_ignore(tiny_clip):
@@ -123,9 +129,9 @@ def test_set_vocabulary_and_its_errors(tiny_clip):
     model.set_vocabulary(["cat", "sofa", "zebra"])  # VOC: cat seen, sofa unseen, zebra new
     assert model.num_classes == model.out_channels == 3
     assert model.is_seen().tolist() == [True, False, False]
-    with pytest.raises(ValueError, match="seen classes"):
-        model.seen_index()
-    with pytest.raises(ValueError, match="empty vocabulary"):
+    with pytest.raises(ValueError, match=r"^seen classes \[('[a-z ]+', ){4}'[a-z ]+'\] .* describe the same dataset$"):
+        model.seen_index()  # 14 seen classes missing: the first five named
+    with pytest.raises(ValueError, match="^empty vocabulary: give at least one class name$"):
         model.set_vocabulary([])
 
 
@@ -252,3 +258,100 @@ def test_proposal_head_loss_sets_the_padded_shape_and_passes_train_cfg(monkeypat
     cfg = dict(assigner="x")
     assert head.loss((), samples, cfg) == {"loss": 0}
     assert seen["shapes"] == [(32, 48), (24, 40)] and seen["cfg"] is cfg
+
+
+def stub_proposals(model, b, q, h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    p_mf = torch.rand(b, q, 20, generator=g).softmax(-1)
+    logits = torch.randn(b, q, h, w, generator=g) * 2
+    model.decode_head.proposals = lambda x, metas, shape: (p_mf, logits)
+    return p_mf, logits, torch.randn(b, 3, h, w, generator=g)
+
+
+def test_predict_crops_to_the_image_before_the_crops_and_the_padding_after(tiny_clip):
+    model = segmentor(tiny_clip, mask_threshold=0.55)
+    p_mf, logits, images = stub_proposals(model, 2, 4, 24, 40, seed=5)
+    embeds = model.text_encoder.class_embeddings(model.text_encoder.class_names)
+    seen = model.is_seen()
+    # the first image fills the batch; the second is 20 x 36, padded right and bottom by 4
+    shapes = [(24, 40), (20, 36)]
+    samples = [SegDataSample(metainfo=dict(ori_shape=s, img_shape=s, padding_size=[0, 40 - s[1], 0, 24 - s[0]]))
+               for s in shapes]
+    out = model.predict(images, samples)
+    for b, (h, w) in enumerate(shapes):
+        want = hand_scores(model, images[b, :, :h, :w], p_mf[b], logits[b, :, :h, :w], embeds, 0.7, 0.55, seen)
+        torch.testing.assert_close(out[b].seg_logits.data, want, rtol=1e-4, atol=1e-6)
+        assert torch.equal(out[b].pred_sem_seg.data[0], want.argmax(0))
+    bare = model.predict(images)  # no samples: the whole input is the image
+    want = hand_scores(model, images[1], p_mf[1], logits[1], embeds, 0.7, 0.55, seen)
+    torch.testing.assert_close(bare[1].seg_logits.data, want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(model._forward(images)[1], want, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(model._forward(images, samples)[1][:, :20, :36],
+                               out[1].seg_logits.data, rtol=1e-4, atol=1e-6)
+
+
+def test_loss_trains_on_the_seen_embeddings_and_labels_with_the_decode_prefix(tiny_clip):
+    model = segmentor(tiny_clip)
+    seen_idx = model.seen_index()
+    unseen = [i for i in range(20) if i not in seen_idx]
+    got = {}
+
+    def head_loss(x, samples, cfg):
+        got.update(embeds=model.decode_head.cls_embed.class_embeds.clone(), cfg=cfg, n=len(x),
+                   labels=[s.gt_sem_seg.data.clone() for s in samples])
+        return {"loss_cls": torch.tensor(1.5), "loss_mask": torch.tensor(2.0)}
+
+    model.decode_head.loss = head_loss
+    model.train_cfg = dict(marker=1)
+    sample = SegDataSample()
+    sample.gt_sem_seg = PixelData(data=torch.tensor([[[seen_idx[2], unseen[1]], [255, seen_idx[7]]]]))
+    losses = model.loss(torch.randn(1, 3, 32, 32), [sample])
+    assert losses == {"decode.loss_cls": 1.5, "decode.loss_mask": 2.0}
+    all_embeds = model.text_encoder.class_embeddings(model.text_encoder.class_names)
+    torch.testing.assert_close(got["embeds"], all_embeds[seen_idx])
+    assert got["labels"][0].tolist() == [[[2, 255], [255, 7]]] and got["cfg"] == dict(marker=1)
+    assert got["n"] == 4  # the backbone's four levels
+
+
+def test_defaults_threshold_at_one_half_on_probabilities_and_lambda_point_seven(tiny_clip):
+    model = segmentor(tiny_clip, drop=("ensemble_lambda", "mask_threshold", "min_crop_size", "clip_temperature",
+                                       "ensemble_seen", "region_text_encoder"))
+    clf = model.crop_classifier
+    assert model.mask_threshold == 0.5 and model.ensemble_lambda == 0.7 and model.ensemble_seen
+    assert clf.min_crop_size == 0 and clf.temperature == pytest.approx(float(tiny_clip[0].logit_scale.exp()))
+    assert model.text_encoder.bg_embed is None and model.region_text_encoder is None
+    assert type(model.data_preprocessor).__name__ == "SegDataPreProcessor"
+    logits = torch.full((1, 3, 12, 18), -4.0)
+    logits[0, 0, 2:6, 3:11] = 0.0  # sigmoid exactly 0.5: not above the threshold, an empty proposal
+    logits[0, 1, 5:11, 1:7] = 0.01  # just above it
+    logits[0, 2, 0:12, 12:18] = 3.0
+    g = torch.Generator().manual_seed(6)
+    p_mf = torch.rand(1, 3, 20, generator=g).softmax(-1)
+    model.decode_head.proposals = lambda x, metas, shape: (p_mf, logits)
+    image = torch.randn(1, 3, 12, 18, generator=g)
+    out = model.encode_decode(image, [dict(img_shape=(12, 18))])[0]
+    embeds = model.text_encoder.class_embeddings(model.text_encoder.class_names)
+    want = hand_scores(model, image[0], p_mf[0], logits[0], embeds, 0.7, 0.5, model.is_seen())
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-6)
+
+
+def test_encode_decode_scores_the_heads_own_proposals(tiny_clip):
+    model = segmentor(tiny_clip, ensemble_lambda=None)
+    assert model.crop_classifier is None
+    images = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(7))
+    metas = [dict(img_shape=(32, 48))] * 2
+    with torch.no_grad():
+        out = model.encode_decode(images, metas)
+        model.decode_head.set_class_embeddings(model.text_encoder.class_embeddings(model.text_encoder.class_names))
+        p_mf, logits = model.decode_head.proposals(model.backbone(images), metas, (32, 48))
+    assert logits.shape[-2:] == (32, 48)
+    for b in range(2):
+        want = (p_mf[b][:, :, None, None] * logits[b].sigmoid()[:, None]).sum(0)  # sum over queries
+        torch.testing.assert_close(out[b], want, rtol=1e-4, atol=1e-6)
+
+
+def test_pretrained_and_init_cfg_reach_the_backbone_and_the_model(tiny_clip):
+    model = segmentor(tiny_clip, init=False, pretrained="weights/r101.pth",
+                      init_cfg=dict(type="Normal", std=0.5))
+    assert model.backbone.init_cfg == dict(type="Pretrained", checkpoint="weights/r101.pth")
+    assert model.init_cfg == dict(type="Normal", std=0.5)
