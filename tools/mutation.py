@@ -57,7 +57,7 @@ COVERING: Dict[str, List[str]] = {
     "pomp_seg/mask_proposal_head.py": [
         *[f"tests/seg/test_values_segmentor.py::test_proposal_head_{t}" for t in (
             "drops_the_no_object_column_after_the_softmax", "defaults_are_zssegs_and_its_arguments_reach_the_classifier",
-            "loss_sets_the_padded_shape_and_passes_train_cfg")],
+            "loss_sets_the_padded_shape_and_passes_train_cfg", "forward_shapes_per_padding_mask")],
         "tests/seg/test_golden.py::test_padding_mask_options_mask_padded_keys_where_they_say"],
     "pomp_seg/segmentor.py": [f"tests/seg/test_values_segmentor.py::test_{t}" for t in (
         "encode_decode_by_hand_near_the_threshold_on_two_images",

@@ -355,3 +355,23 @@ def test_pretrained_and_init_cfg_reach_the_backbone_and_the_model(tiny_clip):
                       init_cfg=dict(type="Normal", std=0.5))
     assert model.backbone.init_cfg == dict(type="Pretrained", checkpoint="weights/r101.pth")
     assert model.init_cfg == dict(type="Normal", std=0.5)
+
+
+@pytest.mark.parametrize("mode, training, want", [
+    ("never", False, ((24, 40), (24, 40))), ("never", True, ((24, 40), (24, 40))),
+    ("test", True, ((24, 40), (24, 40))), ("test", False, ((20, 30), (24, 40))),
+    ("always", True, ((20, 30), (24, 40))), ("always", False, ((20, 30), (24, 40)))])
+def test_proposal_head_forward_shapes_per_padding_mask(monkeypatch, mode, training, want):
+    """(img_shape, batch_input_shape) that mmdet's forward masks by: equal (nothing masked) or
+    the image inside the padded shape; the padded shape is pad_input_shape, else batch_input_shape."""
+    from mmseg.models.decode_heads import MaskFormerHead
+
+    head = MODELS.build(head_config(padding_mask=mode))
+    head.train(training)
+    seen = []
+    monkeypatch.setattr(MaskFormerHead, "forward", lambda self, x, samples: seen.extend(
+        (s.metainfo["img_shape"], s.metainfo["batch_input_shape"]) for s in samples))
+    head.forward((), [SegDataSample(metainfo=dict(img_shape=(20, 30), batch_input_shape=(32, 48),
+                                                  pad_input_shape=(24, 40))),
+                      SegDataSample(metainfo=dict(img_shape=(20, 30), batch_input_shape=(24, 40)))])
+    assert seen == [want, want]
