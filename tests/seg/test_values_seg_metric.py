@@ -150,7 +150,8 @@ def test_masked_crops_fill_the_outside_with_a_per_channel_colour_and_skip_empty_
     masks[1, 4, 5] = False
     masks[2, 0:3, 0:2] = True
     fill = torch.tensor([0.5, -1.0, 2.0])
-    crops = masked_crops(img, masks, 4, mode="bilinear", fill=fill)
+    crops = masked_crops(img, masks, 4, mode="bilinear", fill=fill.double())
+    assert crops.dtype == torch.float32  # the fill takes the image's type
     f = fill.view(3, 1, 1)
     torch.testing.assert_close(crops[0], f.expand(3, 4, 4))  # empty: all fill
     for i, (y0, y1, x0, x1) in ((1, (2, 7, 3, 10)), (2, (0, 3, 0, 2))):
@@ -175,10 +176,10 @@ def test_min_crop_size_reaches_past_the_bottom_right_corner():
 
 
 class PatchVisual(torch.nn.Module):
-    """A stand-in ViT: patch means (4 x 4 patches of the channel mean) weight the positional
+    """A stand-in ViT: patch means (4 x 3 patches of the channel mean) weight the positional
     embedding's patch rows, plus its class row, so a resized embedding shows in the output."""
     grid_size = (2, 3)
-    patch_size = (4, 4)
+    patch_size = (4, 3)
 
     def __init__(self):
         super().__init__()
@@ -186,25 +187,25 @@ class PatchVisual(torch.nn.Module):
             torch.arange(7 * 5, dtype=torch.float32).reshape(7, 5).sin())
 
     def forward(self, x):
-        tokens = F.avg_pool2d(x.mean(1, keepdim=True), 4).flatten(1)  # [N, gh * gw], row-major
+        tokens = F.avg_pool2d(x.mean(1, keepdim=True), (4, 3)).flatten(1)  # [N, gh * gw], row-major
         return tokens @ self.positional_embedding[1:] + self.positional_embedding[0]
 
 
 def test_encode_any_size_resizes_the_patch_grid_of_the_positional_embedding():
     vis = PatchVisual()
     g = torch.Generator().manual_seed(4)
-    own = torch.randn(2, 3, 8, 12, generator=g)
+    own = torch.randn(2, 3, 8, 9, generator=g)
     torch.testing.assert_close(encode_any_size(vis, own), vis(own))
     pos = vis.positional_embedding.detach().clone()
-    for h, w in ((12, 8), (13, 21)):  # a 3 x 2 grid (transposed) and 3 x 5 (a remainder cut off)
+    for h, w in ((12, 6), (13, 17)):  # a 3 x 2 grid (transposed) and 3 x 5 (remainders cut off)
         x = torch.randn(2, 3, h, w, generator=g)
-        gh, gw = h // 4, w // 4
+        gh, gw = h // 4, w // 3
         cols = []
         for d in range(5):  # each channel's 2 x 3 grid, resized on its own
             grid = pos[1:, d].reshape(1, 1, 2, 3)
             cols.append(F.interpolate(grid, size=(gh, gw), mode="bicubic", align_corners=False).flatten())
         resized = torch.stack(cols, dim=1)
-        tokens = F.avg_pool2d(x.mean(1, keepdim=True), 4).flatten(1)
+        tokens = F.avg_pool2d(x.mean(1, keepdim=True), (4, 3)).flatten(1)
         with torch.no_grad():
             got = encode_any_size(vis, x)
         torch.testing.assert_close(got, tokens @ resized + pos[0])
@@ -267,3 +268,25 @@ def test_crop_classifier_default_statistics_are_clips():
     x = ramp(4, 5)
     torch.testing.assert_close(clf.to_clip(x), x)  # CLIP-normalised in, unchanged
     assert clf.input_size == 6 and clf.min_crop_size == 0 and clf.temperature == 10.0
+
+
+def test_crop_classifier_passes_its_min_crop_size_and_fill_and_keeps_no_buffers_in_its_state():
+    mean, std = (120.0, 110.0, 100.0), (60.0, 55.0, 50.0)
+    clf = CLIPCropClassifier(MeanVisual(), logit_scale=20.0, min_crop_size=8, input_mean=mean, input_std=std)
+    img = ramp(9, 12) / 5
+    masks = torch.zeros(2, 9, 12, dtype=torch.bool)
+    masks[0, 1:3, 2:5] = True  # 2 x 3: grown to 8 x 8
+    masks[1, 0:9, 3:12] = True
+    fill = torch.tensor([0.2, -0.4, 0.1])
+    torch.testing.assert_close(clf.crops(img, masks), masked_crops(clf.to_clip(img), masks, 6, 8))
+    torch.testing.assert_close(clf.crops(img, masks, fill=fill), masked_crops(clf.to_clip(img), masks, 6, 8, fill=fill))
+    assert not torch.allclose(clf.crops(img, masks), masked_crops(clf.to_clip(img), masks, 6))
+    assert list(clf.state_dict()) == [k for k in clf.state_dict() if k.startswith("visual.")]
+    assert "renorm_scale" not in clf.state_dict() and "renorm_shift" not in clf.state_dict()
+
+
+@pytest.mark.parametrize("image_size, want", [(7, 7), ((6, 9), 6), ([5, 5], 5)])
+def test_crop_classifier_input_size_is_the_towers_height(image_size, want):
+    vis = MeanVisual()
+    vis.image_size = image_size
+    assert CLIPCropClassifier(vis, logit_scale=1.0).input_size == want
