@@ -66,7 +66,8 @@ COVERING: Dict[str, List[str]] = {
         "predict_crops_to_the_image_before_the_crops_and_the_padding_after",
         "loss_trains_on_the_seen_embeddings_and_labels_with_the_decode_prefix",
         "defaults_threshold_at_one_half_on_probabilities_and_lambda_point_seven",
-        "encode_decode_scores_the_heads_own_proposals", "pretrained_and_init_cfg_reach_the_backbone_and_the_model")]
+        "encode_decode_scores_the_heads_own_proposals", "pretrained_and_init_cfg_reach_the_backbone_and_the_model",
+        "without_normalisation_in_the_preprocessor_crops_are_taken_as_clip_normalised")]
     + ["tests/seg/test_recipe.py::test_empty_proposal_gets_a_neutral_clip_probability",
        "tests/seg/test_components.py::test_ensemble_formula_by_hand",
        "tests/seg/test_components.py::test_pixel_scores_sum_over_queries"],

@@ -18,6 +18,7 @@ from mmseg.registry import MODELS  # noqa: E402
 from mmseg.structures import SegDataSample  # noqa: E402
 
 import pomp_seg  # noqa: E402
+from pomp_seg.clip import CLIP_MEAN, CLIP_STD  # noqa: E402
 from pomp_seg.text_encoder import encoder_class_names  # noqa: E402
 from tests.seg.seg_fixtures import SEG_CONFIGS, TINY_MODEL  # noqa: E402
 
@@ -321,6 +322,12 @@ def test_defaults_threshold_at_one_half_on_probabilities_and_lambda_point_seven(
     assert clf.min_crop_size == 0 and clf.temperature == pytest.approx(float(tiny_clip[0].logit_scale.exp()))
     assert model.text_encoder.bg_embed is None and model.region_text_encoder is None
     assert type(model.data_preprocessor).__name__ == "SegDataPreProcessor"
+    assert model.num_classes == model.out_channels == 20 and model.align_corners is model.decode_head.align_corners
+    # the backbone's normalisation (the preprocessor's, 0-255 scale) is undone for CLIP's crops
+    mean, std = model.data_preprocessor.mean.flatten(), model.data_preprocessor.std.flatten()
+    assert not torch.allclose(mean, torch.tensor(CLIP_MEAN))
+    torch.testing.assert_close(clf.renorm_scale.flatten(), std / torch.tensor(CLIP_STD))
+    torch.testing.assert_close(clf.renorm_shift.flatten(), (mean - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD))
     logits = torch.full((1, 3, 12, 18), -4.0)
     logits[0, 0, 2:6, 3:11] = 0.0  # sigmoid exactly 0.5: not above the threshold, an empty proposal
     logits[0, 1, 5:11, 1:7] = 0.01  # just above it
@@ -375,3 +382,10 @@ def test_proposal_head_forward_shapes_per_padding_mask(monkeypatch, mode, traini
                                                   pad_input_shape=(24, 40))),
                       SegDataSample(metainfo=dict(img_shape=(20, 30), batch_input_shape=(24, 40)))])
     assert seen == [want, want]
+
+
+def test_without_normalisation_in_the_preprocessor_crops_are_taken_as_clip_normalised(tiny_clip):
+    model = segmentor(tiny_clip, init=False, data_preprocessor=dict(type="SegDataPreProcessor", mean=None, std=None))
+    clf = model.crop_classifier
+    torch.testing.assert_close(clf.renorm_scale.flatten(), torch.ones(3))
+    torch.testing.assert_close(clf.renorm_shift.flatten(), torch.zeros(3))
