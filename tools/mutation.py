@@ -74,7 +74,10 @@ COVERING: Dict[str, List[str]] = {
     "pomp_seg/text_encoder.py": [f"tests/seg/test_values_segmentor.py::test_{t}" for t in (
         "templates_are_averaged_after_normalising_each", "background_row_is_normalised_and_scaled",
         "encode_keeps_the_asked_order_with_repeats_and_without_a_cache", "clip_text_encoder_sizes_are_checked",
-        "state_dict_holds_the_text_tower_only_and_it_stays_in_eval", "encoder_class_names_sources")]
+        "state_dict_holds_the_text_tower_only_and_it_stays_in_eval", "encoder_class_names_sources",
+        "text_encoder_loads_vit_b_16_openai_by_default_and_passes_its_prompt_arguments",
+        "text_encoder_prompt_is_frozen_and_its_state_and_init", "text_encoder_templates_allow_repeated_names_uncached",
+        "text_modules_of_a_tower_behind_text_and_a_linear_projection")]
     + [f"tests/seg/test_components.py::test_text_encoder_{t}" for t in (
         "matches_class_embeddings_and_the_clip_text_encoder_call", "caches_frozen_prompt_features",
         "background_embedding", "bad_input")],

@@ -389,3 +389,66 @@ def test_without_normalisation_in_the_preprocessor_crops_are_taken_as_clip_norma
     clf = model.crop_classifier
     torch.testing.assert_close(clf.renorm_scale.flatten(), torch.ones(3))
     torch.testing.assert_close(clf.renorm_shift.flatten(), torch.zeros(3))
+
+
+def test_text_encoder_loads_vit_b_16_openai_by_default_and_passes_its_prompt_arguments(tiny_clip, monkeypatch):
+    import pomp_seg.text_encoder as te
+
+    calls = {}
+    monkeypatch.setattr(te, "build_clip", lambda name, pretrained: calls.setdefault("clip", []).append(
+        (name, pretrained)) or tiny_clip[:2])
+    real_prompt = te.build_prompt
+    monkeypatch.setattr(te, "build_prompt", lambda *a: calls.setdefault("prompt", []).append(a[2:]) or real_prompt(*a))
+    te.POMPTextEncoder(vocabulary=NAMES, init_words="a photo of a")
+    te.POMPTextEncoder(vocabulary=NAMES, init_words="a", clip_model="pomp-tiny", clip_pretrained=None,
+                       prompt_trusted=True)
+    assert calls["clip"] == [("ViT-B-16", "openai"), ("pomp-tiny", None)]
+    assert calls["prompt"] == [(None, "a photo of a", False), (None, "a", True)]
+
+
+def test_text_encoder_prompt_is_frozen_and_its_state_and_init(tiny_clip):
+    enc = build_encoder(tiny_clip, init_words="a photo of a", init_cfg=dict(type="Normal", std=0.1))
+    assert enc.templates is None and enc.init_cfg == dict(type="Normal", std=0.1)
+    assert not any(p.requires_grad for p in enc.prompt.parameters())
+    assert "logit_scale" not in enc.state_dict()  # CLIP's, not ours to save
+    norm = float(enc.bg_embed.norm())  # randn / sqrt(D): a norm near 1
+    assert 0.5 < norm < 1.6
+    voc = build_encoder(tiny_clip, vocabulary=None, dataset_name="ZeroShotVOCDataset", init_words="a")
+    assert voc.class_names == encoder_class_names(dataset_name="ZeroShotVOCDataset") and len(voc.class_names) == 20
+    with pytest.raises(ValueError, match=r"^no text source: set prompt='path/to/prompt.pth', init_words='a photo "
+                                         r"of a' or templates \(a list of '\{\}' strings or 'vild'\)$"):
+        build_encoder(tiny_clip)
+
+
+def test_text_encoder_templates_allow_repeated_names_uncached(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    enc = build_encoder(tiny_clip, templates=["a photo of a {}.", "{} art"], cat_bg=False, cache_feature=False)
+    out = enc.class_embeddings(["green star", "red circle", "green star"])
+    with torch.no_grad():
+        per = [F.normalize(model.encode_text(tokenizer([t.format(n) for n in ("green star", "red circle")])), dim=-1)
+               for t in ("a photo of a {}.", "{} art")]
+    want = F.normalize(torch.stack(per).mean(0), dim=-1)
+    torch.testing.assert_close(out, want[[0, 1, 0]], atol=1e-5, rtol=1e-4)
+
+
+def test_text_modules_of_a_tower_behind_text_and_a_linear_projection(tiny_clip):
+    from pomp_seg.text_encoder import _text_modules
+
+    clip = tiny_clip[0]
+
+    class Custom(torch.nn.Module):  # open_clip's CustomTextCLIP: the text tower under .text
+        def __init__(self):
+            super().__init__()
+            self.text = torch.nn.Module()
+            for name in ("token_embedding", "transformer", "ln_final"):
+                setattr(self.text, name, getattr(clip, name))
+            self.text.positional_embedding = clip.positional_embedding
+            self.text.text_projection = torch.nn.Linear(64, 48, bias=False)
+
+    custom = Custom()
+    text = _text_modules(custom)
+    for name in ("token_embedding", "transformer", "ln_final", "text_projection"):
+        assert getattr(text, name) is getattr(custom.text, name)
+    assert text.positional_embedding is clip.positional_embedding
+    plain = _text_modules(clip)
+    assert plain.text_projection is clip.text_projection and plain.token_embedding is clip.token_embedding
