@@ -77,7 +77,8 @@ COVERING: Dict[str, List[str]] = {
         "state_dict_holds_the_text_tower_only_and_it_stays_in_eval", "encoder_class_names_sources",
         "text_encoder_loads_vit_b_16_openai_by_default_and_passes_its_prompt_arguments",
         "text_encoder_prompt_is_frozen_and_its_state_and_init", "text_encoder_templates_allow_repeated_names_uncached",
-        "text_modules_of_a_tower_behind_text_and_a_linear_projection")]
+        "text_modules_of_a_tower_behind_text_and_a_linear_projection",
+        "encoder_class_names_from_a_world_classes_json_its_folder_and_mmseg_names", "text_encoder_size_mismatch_message")]
     + [f"tests/seg/test_components.py::test_text_encoder_{t}" for t in (
         "matches_class_embeddings_and_the_clip_text_encoder_call", "caches_frozen_prompt_features",
         "background_embedding", "bad_input")],

@@ -452,3 +452,21 @@ def test_text_modules_of_a_tower_behind_text_and_a_linear_projection(tiny_clip):
     assert text.positional_embedding is clip.positional_embedding
     plain = _text_modules(clip)
     assert plain.text_projection is clip.text_projection and plain.token_embedding is clip.token_embedding
+
+
+def test_encoder_class_names_from_a_world_classes_json_its_folder_and_mmseg_names(tmp_path):
+    import json
+
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": ["kiwi", "fig", "lime"], "unseen": [2]}))
+    assert encoder_class_names(vocabulary=str(tmp_path / "classes.json")) == ["kiwi", "fig", "lime"]
+    assert encoder_class_names(vocabulary=str(tmp_path)) == ["kiwi", "fig", "lime"]
+    city = encoder_class_names(dataset_name="cityscapes")  # no background to drop
+    assert len(city) == 19 and city[0] == "road"
+    with pytest.raises(ValueError, match="^give the text encoder exactly one of dataset_name or vocabulary$"):
+        encoder_class_names()
+
+
+def test_text_encoder_size_mismatch_message(tiny_clip):
+    with pytest.raises(ValueError, match=r"^text encoder sizes do not match the loaded CLIP \(given, CLIP's\): "
+                                         r"\{'num_layers': \(5, 2\)\}; drop these keys"):
+        build_encoder(tiny_clip, init_words="a", num_layers=5)
