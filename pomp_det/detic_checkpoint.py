@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from pomp_core.key_report import KeyReport
 
 # Detic keys pomp_det keeps elsewhere or does not build, with the reason (regex -> reason)
 SET_ASIDE = {
@@ -31,30 +32,6 @@ SET_ASIDE = {
 # Detic name -> pomp_det name (everything else keeps its name: the modules are built alike)
 RENAMES = [(r"(roi_heads\.box_predictor\.\d+\.cls_score)\.cls_bias$", r"\1.bias")]
 EMBEDDINGS_KEY = "roi_heads.box_predictor.0.cls_score.zs_weight"
-
-
-@dataclass
-class KeyReport:
-    """What happened to each key: mapped (Detic -> ours), set aside (Detic key -> reason),
-    unexpected (Detic keys with no place in our model), missing (our keys nothing fills),
-    wrong_shape (Detic key, its shape, ours)."""
-    mapped: Dict[str, str] = field(default_factory=dict)
-    set_aside: Dict[str, str] = field(default_factory=dict)
-    unexpected: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)
-    wrong_shape: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.unexpected or self.missing or self.wrong_shape)
-
-    def summary(self) -> str:
-        lines = [f"{len(self.mapped)} mapped, {len(self.set_aside)} set aside, {len(self.unexpected)} unexpected, "
-                 f"{len(self.missing)} missing, {len(self.wrong_shape)} of another shape"]
-        lines += [f"  unexpected: {k}" for k in self.unexpected]
-        lines += [f"  missing: {k}" for k in self.missing]
-        lines += [f"  shape: {k} {a} -> ours {b}" for k, a, b in self.wrong_shape]
-        return "\n".join(lines)
 
 
 def our_key(detic_key: str) -> Optional[str]:

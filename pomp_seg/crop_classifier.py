@@ -59,7 +59,8 @@ def masked_crops(image: torch.Tensor, masks: torch.Tensor, size: int, min_crop_s
         y0, y1, x0, x1 = box
         masked = padded * (F.pad(mask, (pad, pad, pad, pad)) if pad else mask).to(image.dtype)
         crop = masked[:, y0:y1, x0:x1]
-        crops[i] = F.interpolate(crop[None], size=(size, size), mode=mode, align_corners=False)[0]
+        # align_corners unset: False for the interpolating modes (ZSSeg's), and 'nearest' takes none
+        crops[i] = F.interpolate(crop[None], size=(size, size), mode=mode)[0]
     return crops
 
 

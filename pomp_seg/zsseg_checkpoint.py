@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import pickle
 import re
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from pomp_core.key_report import KeyReport
 
 # -- detectron2 ResNet (DeepLab stem) -> mmseg ResNetV1c --------------------------------------
 _BN = r"(weight|bias|running_mean|running_var)"
@@ -107,37 +108,6 @@ MODEL_SET_ASIDE = {
 FILLED = {r".*\.num_batches_tracked": "0 (detectron2's FrozenBatchNorm2d counts no batches)"}
 
 
-@dataclass
-class KeyReport:
-    """mapped (theirs -> ours; one key may fill several of ours), set aside (theirs -> reason),
-    filled (ours -> value given), unexpected (theirs with no place in our model), missing
-    (ours nothing fills), wrong_shape (theirs, its shape, ours)."""
-    mapped: Dict[str, List[str]] = field(default_factory=dict)
-    set_aside: Dict[str, str] = field(default_factory=dict)
-    filled: Dict[str, str] = field(default_factory=dict)
-    unexpected: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)
-    wrong_shape: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.unexpected or self.missing or self.wrong_shape)
-
-    def summary(self) -> str:
-        n_ours = sum(len(v) for v in self.mapped.values())
-        lines = [f"{len(self.mapped)} mapped (to {n_ours} of ours), {len(self.set_aside)} set aside, "
-                 f"{len(self.filled)} filled, {len(self.unexpected)} unexpected, {len(self.missing)} missing, "
-                 f"{len(self.wrong_shape)} of another shape"]
-        reasons: Dict[str, int] = {}
-        for reason in self.set_aside.values():
-            reasons[reason] = reasons.get(reason, 0) + 1
-        lines += [f"  set aside ({n}): {r}" for r, n in reasons.items()]
-        lines += [f"  unexpected: {k}" for k in self.unexpected]
-        lines += [f"  missing: {k}" for k in self.missing]
-        lines += [f"  shape: {k} {a} -> ours {b}" for k, a, b in self.wrong_shape]
-        return "\n".join(lines)
-
-
 def _last_feat_conv(key: str, their_keys: Sequence[str]) -> str:
     """zsseg's pixel decoder names its res5 conv ``layer_<n>`` after the n-1 lateral levels;
     mmdet's PixelDecoder calls it ``last_feat_conv``."""
@@ -166,7 +136,7 @@ def map_keys(their_shapes: Mapping[str, Sequence[int]], our_shapes: Mapping[str,
              rename: Callable[[str, Sequence[str], Sequence[str]], List[str]],
              set_aside: Mapping[str, str]) -> KeyReport:
     """Match a checkpoint's keys (name -> shape) onto ours."""
-    report = KeyReport()
+    report = KeyReport(one_to_many=True)
     theirs, ours_keys = list(their_shapes), list(our_shapes)
     for key, shape in their_shapes.items():
         reason = next((r for p, r in set_aside.items() if re.fullmatch(p, key)), None)

@@ -47,15 +47,39 @@ COVERING: Dict[str, List[str]] = {
     "pomp_det/detic_keys.py": ["tests/det/test_values_det_data.py"],
     "pomp_det/data/category_counts.py": ["tests/det/test_values_det_data.py"],
     "pomp_det/data/multi_dataset.py": ["tests/det/test_values_det_data.py", "tests/det/test_data.py"],
-    "pomp_seg/metric.py": [f"tests/seg/test_components.py::test_metric_{t}" for t in (
+    "pomp_seg/metric.py": ["tests/seg/test_values_seg_metric.py"]
+    + [f"tests/seg/test_components.py::test_metric_{t}" for t in (
         "against_a_hand_computation", "without_unseen_classes_reports_miou_only")],
-    "pomp_seg/crop_classifier.py": [f"tests/seg/test_components.py::test_masked_crops_{t}" for t in (
-        "fill_outside_the_mask_with_the_mean", "min_size_keeps_the_object_size")]
-    + ["tests/seg/test_recipe.py::test_crops_are_renormalised_from_imagenet_to_clip_statistics"],
-    "pomp_seg/segmentor.py": ["tests/seg/test_recipe.py::test_empty_proposal_gets_a_neutral_clip_probability",
-                              "tests/seg/test_components.py::test_ensemble_formula_by_hand",
-                              "tests/seg/test_components.py::test_pixel_scores_sum_over_queries"],
-    "pomp_seg/text_encoder.py": [f"tests/seg/test_components.py::test_text_encoder_{t}" for t in (
+    "pomp_seg/crop_classifier.py": ["tests/seg/test_values_seg_metric.py",
+                                    "tests/seg/test_recipe.py::test_crops_are_renormalised_from_imagenet_to_clip_statistics"]
+    + [f"tests/seg/test_components.py::test_masked_crops_{t}" for t in (
+        "fill_outside_the_mask_with_the_mean", "min_size_keeps_the_object_size")],
+    "pomp_seg/mask_proposal_head.py": [
+        *[f"tests/seg/test_values_segmentor.py::test_proposal_head_{t}" for t in (
+            "drops_the_no_object_column_after_the_softmax", "defaults_are_zssegs_and_its_arguments_reach_the_classifier",
+            "loss_sets_the_padded_shape_and_passes_train_cfg", "forward_shapes_per_padding_mask")],
+        "tests/seg/test_golden.py::test_padding_mask_options_mask_padded_keys_where_they_say"],
+    "pomp_seg/segmentor.py": [f"tests/seg/test_values_segmentor.py::test_{t}" for t in (
+        "encode_decode_by_hand_near_the_threshold_on_two_images",
+        "unseen_everywhere_without_seen_flags_and_the_region_prompt",
+        "training_labels_index_the_seen_list_and_unseen_become_ignore", "set_vocabulary_and_its_errors",
+        "predict_crops_to_the_image_before_the_crops_and_the_padding_after",
+        "loss_trains_on_the_seen_embeddings_and_labels_with_the_decode_prefix",
+        "defaults_threshold_at_one_half_on_probabilities_and_lambda_point_seven",
+        "encode_decode_scores_the_heads_own_proposals", "pretrained_and_init_cfg_reach_the_backbone_and_the_model",
+        "without_normalisation_in_the_preprocessor_crops_are_taken_as_clip_normalised")]
+    + ["tests/seg/test_recipe.py::test_empty_proposal_gets_a_neutral_clip_probability",
+       "tests/seg/test_components.py::test_ensemble_formula_by_hand",
+       "tests/seg/test_components.py::test_pixel_scores_sum_over_queries"],
+    "pomp_seg/text_encoder.py": [f"tests/seg/test_values_segmentor.py::test_{t}" for t in (
+        "templates_are_averaged_after_normalising_each", "background_row_is_normalised_and_scaled",
+        "encode_keeps_the_asked_order_with_repeats_and_without_a_cache", "clip_text_encoder_sizes_are_checked",
+        "state_dict_holds_the_text_tower_only_and_it_stays_in_eval", "encoder_class_names_sources",
+        "text_encoder_loads_vit_b_16_openai_by_default_and_passes_its_prompt_arguments",
+        "text_encoder_prompt_is_frozen_and_its_state_and_init", "text_encoder_templates_allow_repeated_names_uncached",
+        "text_modules_of_a_tower_behind_text_and_a_linear_projection",
+        "encoder_class_names_from_a_world_classes_json_its_folder_and_mmseg_names", "text_encoder_size_mismatch_message")]
+    + [f"tests/seg/test_components.py::test_text_encoder_{t}" for t in (
         "matches_class_embeddings_and_the_clip_text_encoder_call", "caches_frozen_prompt_features",
         "background_embedding", "bad_input")],
     "pomp_core/embeddings.py": ["tests/core/test_values.py"],
