@@ -176,8 +176,8 @@ def test_main_job_pomp_beats_the_hand_prompt_on_unseen_classes(main_job):
 
 @pytest.mark.slow
 def test_main_job_runs_detection_and_segmentation_with_both_prompts(main_job):
-    """Both prompts' detectors train and segmentors find unseen classes through
-    their names in segmentation (floors above); the table holds the three tasks."""
+    """With both prompts the detector learns the base classes and the segmentor finds unseen
+    classes through their names (floors above); the table holds the three tasks."""
     tmp_path, out = main_job
     for task, metric, floor in (("det", "AP", DET_AP_FLOOR), ("seg", "mIoU_unseen", SEG_UNSEEN_FLOOR)):
         per_seed = out[task]["per_seed"]
