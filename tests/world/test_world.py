@@ -196,7 +196,7 @@ def test_main_job_rerun_reprints_from_the_cache_and_tasks_select(main_job, monke
     from pomp_world import main_job as job
     from tests.tool_scripts import load_tool
 
-    tmp_path, first = main_job
+    tmp_path, _ = main_job
 
     def fail(*args, **kwargs):
         raise AssertionError("a cached stage ran again")
