@@ -1,8 +1,9 @@
 """The synthetic open-vocabulary world: a compositional vocabulary (size x colour x pattern x
 shape), its renderer, dataset writers in the formats the real pipelines read (ImageNet-21K
 folders and CoOp splits, LVIS json and Detic's image labels, mmseg folders), the tiny CLIP
-trained on it and the main job (``tools/demo.py``). A consumer of pomp_core; nothing in
-pomp_core, pomp_det or pomp_seg imports it (they read what it writes)."""
+trained on it and the main job (``tools/demo.py``, its tasks in ``pomp_world.tasks``). A consumer
+of pomp_core, and of pomp_det and pomp_seg in the main job's detection and segmentation (imported
+there, lazily); nothing in pomp_core, pomp_det or pomp_seg imports it (they read what it writes)."""
 from __future__ import annotations
 
 import json
