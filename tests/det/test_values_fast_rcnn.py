@@ -338,3 +338,41 @@ def test_losses_of_an_empty_batch_are_zeros():
     with EventStorage():
         losses = p.losses((torch.zeros(0, C + 1, requires_grad=True), torch.zeros(0, 4, requires_grad=True)), [])
     assert set(losses) == {"loss_cls", "loss_box_reg"} and all(float(v) == 0 for v in losses.values())
+
+
+def test_a_loss_left_out_of_the_loss_weight_dict_counts_once():
+    """detectron2's rule: a loss missing from a loss_weight dict has weight 1."""
+    p = predictor(use_fed_loss=False, loss_weight={"loss_cls": 3.0})
+    props = proposals_with_targets()
+    g = torch.Generator().manual_seed(4)
+    scores = torch.randn(5, C + 1, generator=g)
+    deltas = torch.randn(5, 4, generator=g)
+    with EventStorage():
+        losses = p.losses((scores, deltas), props)
+    gt = torch.tensor([1, 4, C, C, C])
+    assert float(losses["loss_cls"]) == pytest.approx(3.0 * hand_sigmoid_ce(scores.double(), gt, range(C)), rel=1e-5)
+    target = Box2BoxTransform((10, 10, 5, 5)).get_deltas(props[0].proposal_boxes.tensor[:2], props[0].gt_boxes.tensor[:2])
+    assert float(losses["loss_box_reg"]) == pytest.approx(float((deltas[:2] - target).abs().sum()) / 5, rel=1e-5)
+
+
+def test_image_label_loss_of_a_single_image_is_its_own_mean():
+    """One image: the mean over its labels (a repeated label counts twice), x the weight."""
+    props = label_proposals()[:1]
+    scores = torch.randn(5, C + 1, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    p = predictor(image_label_weight=0.5)
+    labels = [[0, 2, 2]]
+    got = p.image_label_losses((scores, None), props, labels)
+    assert float(got) == pytest.approx(hand_image_label_loss([scores], [[2, 2, 2]], labels, 0.5), rel=1e-6)
+
+
+def test_federated_draw_is_detics_under_the_same_seed():
+    """Detic draws over C + 1 columns (the background's at weight 0), the present classes'
+    zeroed, without replacement: under one seed the same classes come out."""
+    weight = torch.tensor([0.5, 1.0, 2.0, 0.0, 3.0, 1.5])  # C = 6; class 3 has weight 0
+    gt = torch.tensor([1, 6, 1, 4])  # classes 1 and 4 and the background: 3 of the 5
+    for seed in range(6):
+        torch.manual_seed(seed)
+        got = federated_classes(gt, 5, weight)
+        torch.manual_seed(seed)
+        drawn = torch.multinomial(torch.tensor([0.5, 0.0, 2.0, 0.0, 0.0, 1.5, 0.0]), 2, replacement=False)
+        assert got.tolist() == [1, 4] + drawn.tolist()

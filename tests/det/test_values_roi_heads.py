@@ -197,6 +197,17 @@ def test_cascade_test_score_is_sqrt_of_the_stage_mean_times_objectness():
     assert no_losses == {}  # no loss keys at test time, image-label training or not
 
 
+def stage_mean_scores(model, feats, proposals):
+    """The stages' mean class probability of each proposal, by hand, no objectness."""
+    with torch.no_grad():
+        boxes, probs = [p.proposal_boxes.tensor for p in proposals], []
+        for k in range(3):
+            pred, scores, deltas = run_stage(model, k, feats, boxes)
+            probs.append(scores.sigmoid())
+            boxes = refine(pred, deltas, boxes, proposals)
+    return ((probs[0] + probs[1] + probs[2]) / 3)[:, :C]
+
+
 def test_cascade_test_score_without_objectness_is_the_stage_mean():
     model = cascade().eval()
     feats, proposals = inputs()
@@ -204,14 +215,46 @@ def test_cascade_test_score_without_objectness_is_the_stage_mean():
         p.remove("objectness_logits")
     with torch.no_grad():
         out = model(None, feats, proposals)[0]
-        boxes, probs = [p.proposal_boxes.tensor for p in proposals], []
-        for k in range(3):
-            pred, scores, deltas = run_stage(model, k, feats, boxes)
-            probs.append(scores.sigmoid())
-            boxes = refine(pred, deltas, boxes, proposals)
-    score = ((probs[0] + probs[1] + probs[2]) / 3)[:, :C]
-    want = score[:6].flatten().sort(descending=True).values
+    want = stage_mean_scores(model, feats, proposals)[:6].flatten().sort(descending=True).values
     torch.testing.assert_close(out[0].scores.sort(descending=True).values, want, rtol=1e-5, atol=1e-6)
+
+
+def test_cascade_first_stages_mult_proposal_score_decides_the_test_score():
+    """The first stage's MULT_PROPOSAL_SCORE switches objectness off for the whole cascade,
+    whatever the later stages say; the first stage on, the later ones off, it stays on."""
+    feats, proposals = inputs()
+    model = cascade().eval()
+    model.box_predictor[0].mult_proposal_score = False  # stages 1 and 2 keep True
+    with torch.no_grad():
+        out = model(None, feats, proposals)[0]
+    mean = stage_mean_scores(model, feats, proposals)
+    for i, (start, stop) in enumerate([(0, 6), (6, 9)]):
+        want = mean[start:stop].flatten().sort(descending=True).values
+        torch.testing.assert_close(out[i].scores.sort(descending=True).values, want, rtol=1e-5, atol=1e-6)
+    model = cascade().eval()
+    for pred in model.box_predictor[1:]:
+        pred.mult_proposal_score = False
+    with torch.no_grad():
+        out = model(None, feats, proposals)[0]
+    obj = torch.cat([p.objectness_logits for p in proposals]).sigmoid()
+    want = (mean * obj[:, None]).sqrt()[:6].flatten().sort(descending=True).values
+    torch.testing.assert_close(out[0].scores.sort(descending=True).values, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [standard, cascade])
+def test_image_label_batches_give_the_box_regressors_no_gradient(make):
+    """The zero box losses of an image-label batch hang on the class logits: after the
+    backward every classifier has a gradient, no box regressor has one (Detic trains the
+    regressors on box batches only; an optimizer skips parameters without a gradient)."""
+    model = make().train()
+    feats, proposals = inputs()
+    with EventStorage():
+        _, losses = model(None, feats, proposals, image_labels=LABELS)
+    sum(losses.values()).backward()
+    preds = model._predictors()
+    assert all(p.bbox_pred.weight.grad is None and p.bbox_pred.bias.grad is None for p in preds)
+    assert all(p.cls_score.linear.weight.grad is not None and p.cls_score.linear.weight.grad.abs().sum() > 0
+               for p in preds)
 
 
 def test_image_label_batches_of_a_mask_model_log_a_zero_mask_loss(tmp_path):
@@ -232,6 +275,11 @@ def test_image_label_batches_of_a_mask_model_log_a_zero_mask_loss(tmp_path):
     assert float(losses["loss_mask"]) == 0 and len(losses) == 10
 
 
+# the first stage's weights differ from ROI_BOX_HEAD.BBOX_REG_WEIGHTS (10, 10, 5, 5), the
+# weights a stage would get without its own Box2BoxTransform
+CFG_WEIGHTS = [(8.0, 12.0, 4.0, 6.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)]
+
+
 def heads_cfg(tmp_path, name, **extra):
     import numpy as np
 
@@ -247,7 +295,7 @@ def heads_cfg(tmp_path, name, **extra):
     cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
     cfg.MODEL.POMP.EMBEDDINGS, cfg.MODEL.POMP.EMBED_DIM = str(emb), 5
     cfg.MODEL.POMP.FED_LOSS_WEIGHTS, cfg.DATASETS.TRAIN = "train_boxes", ()
-    cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = WEIGHTS
+    cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS = CFG_WEIGHTS
     cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS = (0.5, 0.6, 0.7)
     for k, v in extra.items():
         node, *path = k.split(".")
@@ -265,10 +313,11 @@ def test_cascade_heads_from_a_config_share_one_vocabulary_and_weight_source(tmp_
     heads = build_roi_heads(cfg, {"p2": ShapeSpec(channels=CH, stride=4)})
     preds = list(heads.box_predictor)
     assert heads.image_label_training and len(preds) == 3
-    assert [tuple(p.box2box_transform.weights) for p in preds] == WEIGHTS
+    assert tuple(cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS) == (10.0, 10.0, 5.0, 5.0)
+    assert [tuple(p.box2box_transform.weights) for p in preds] == CFG_WEIGHTS
     for p in preds:
         torch.testing.assert_close(p.cls_score.embeddings, preds[0].cls_score.embeddings)
-        assert not p.proposal_score_in_probs and p.mult_proposal_score
+        assert p.proposal_score_in_probs is False and p.mult_proposal_score is True
         assert p._fed_loss_weight_source is preds[0]._fed_loss_weight_source is not None
         torch.testing.assert_close(p._fed_loss_weight_source(), torch.ones(C))
     assert heads._image_label_keys() == ["loss_image_label_stage0", "loss_image_label_stage1",
