@@ -2,7 +2,9 @@
 their documented targets), the Detic checkpoint key map, the federated weights (images per
 class, not boxes), the multi-dataset sampler's weights and repeat factors (Detic's
 custom_dataset_dataloader.py formulas) and the per-dataset batches."""
+import contextlib
 import json
+import logging
 import math
 
 import pytest
@@ -343,3 +345,421 @@ def test_read_checkpoint_errors(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a plain tensor checkpoint"):
         read_checkpoint(str(tmp_path / "junk.pth"))
+
+
+class _Messages(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())  # a bad format raises here, in the test
+
+
+@contextlib.contextmanager
+def logged(name, level=logging.INFO):
+    """The messages ``name``'s logger emits inside the block (its own handler: whatever
+    another test did to propagation)."""
+    log, handler = logging.getLogger(name), _Messages()
+    old = log.level
+    log.addHandler(handler)
+    log.setLevel(level)
+    try:
+        yield handler.messages
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(old)
+
+
+# ------------------------------------------------------------------ Detic config keys: refusals and values
+# (key, value) pomp_det refuses, and words the one-line reason must hold (docs/detection.md's
+# "Detic's config keys": DETR and Swin are not ported, C4 heads neither, captions neither)
+REFUSED = [
+    ({"MODEL.META_ARCHITECTURE": "DeformableDetr"}, "MODEL.META_ARCHITECTURE DeformableDetr", "Deformable DETR"),
+    ({"MODEL.BACKBONE.NAME": "build_swintransformer_fpn_backbone"}, "build_swintransformer_fpn_backbone", "Swin"),
+    ({"MODEL.ROI_HEADS.NAME": "CustomRes5ROIHeads"}, "CustomRes5ROIHeads", "C4 heads"),
+    ({"INPUT.CUSTOM_AUG": "DETR"}, "INPUT.CUSTOM_AUG DETR", "Deformable DETR"),
+    ({"SOLVER.CUSTOM_MULTIPLIER": 0.1}, "SOLVER.CUSTOM_MULTIPLIER is", "Deformable DETR"),  # a key of its own
+    ({"SOLVER.CUSTOM_MULTIPLIER_NAME": ["x"]}, "SOLVER.CUSTOM_MULTIPLIER_NAME is", "Deformable DETR"),
+    ({"MODEL.DETR.NUM_OBJECT_QUERIES": 300}, "MODEL.DETR.NUM_OBJECT_QUERIES", "Deformable DETR"),  # by prefix
+    ({"MODEL.SWIN.SIZE": "B-22k"}, "MODEL.SWIN.SIZE", "Swin"),
+    ({"MODEL.SYNC_CAPTION_BATCH": True}, "MODEL.SYNC_CAPTION_BATCH", "captions"),
+    ({"MODEL.TIMM.PRETRAINED": True}, "MODEL.TIMM.PRETRAINED", "MODEL.TIMM.CHECKPOINT"),
+    ({"DATALOADER.DATASET_ANN": ["box", "caption"]}, "DATALOADER.DATASET_ANN ['box', 'caption']", "captions"),
+]
+
+
+@pytest.mark.parametrize("flat, names, why", REFUSED)
+def test_refused_detic_keys_and_values_say_why(flat, names, why):
+    from pomp_det.detic_keys import UnsupportedDeticKey
+
+    with pytest.raises(UnsupportedDeticKey) as e:
+        translate({"SOLVER.BASE_LR": 0.01, **flat})
+    msg = str(e.value)
+    assert msg.startswith("Detic's ") and names in msg and why in msg and "\n" not in msg
+    assert isinstance(e.value, ValueError)
+
+
+def test_values_of_refused_keys_that_pomp_det_has_pass():
+    # the same keys with a value pomp_det does build go across
+    assert translate({"MODEL.META_ARCHITECTURE": "GeneralizedRCNN", "INPUT.CUSTOM_AUG": "ResizeShortestEdge",
+                      "DATALOADER.DATASET_ANN": ["image", "box"], "MODEL.ROI_HEADS.NAME": ["not", "a name"]}) == {
+        "MODEL.META_ARCHITECTURE": "GeneralizedRCNN", "INPUT.DATASET_AUG": "resize_shortest_edge",
+        "DATALOADER.DATASET_ANN_TYPE": ["image", "box"], "MODEL.ROI_HEADS.NAME": ["not", "a name"]}
+    assert translate({"INPUT.CUSTOM_AUG": ""}) == {"INPUT.DATASET_AUG": "resize_shortest_edge"}  # Detic: the default
+
+
+def test_detic_class_names_become_pomp_dets_registered_ones():
+    import pomp_det  # noqa: F401  (registers the classes)
+    from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY, ROI_HEADS_REGISTRY
+
+    got = translate({"MODEL.META_ARCHITECTURE": "CustomRCNN", "MODEL.ROI_HEADS.NAME": "DeticCascadeROIHeads",
+                     "MODEL.BACKBONE.NAME": "build_p67_timm_fpn_backbone"})
+    assert set(got) == {"MODEL.META_ARCHITECTURE", "MODEL.ROI_HEADS.NAME", "MODEL.BACKBONE.NAME"}
+    META_ARCH_REGISTRY.get(got["MODEL.META_ARCHITECTURE"])
+    ROI_HEADS_REGISTRY.get(got["MODEL.ROI_HEADS.NAME"])
+    BACKBONE_REGISTRY.get(got["MODEL.BACKBONE.NAME"])
+    assert got["MODEL.ROI_HEADS.NAME"] == "PompCascadeROIHeads"
+
+
+@pytest.mark.parametrize("key", ["MODEL.CENTERNET.NUM_CLASSES", "SOLVER.USE_CUSTOM_SOLVER", "MODEL.RESET_CLS_TESTS",
+                                 "MODEL.TEST_NUM_CLASSES"])
+def test_keys_without_effect_are_accepted_and_dropped(key):
+    assert translate({key: 1, "SOLVER.BASE_LR": 0.5}) == {"SOLVER.BASE_LR": 0.5}
+
+
+def test_single_dataset_input_sizes_unless_the_per_dataset_lists_are_given():
+    # Detic's INPUT.TRAIN_SIZE / SCALE_RANGE: one dataset's; DATASET_INPUT_SIZE / SCALE win
+    assert translate({"INPUT.TRAIN_SIZE": 640}) == {"INPUT.DATASET_INPUT_SIZE": [640]}
+    assert translate({"INPUT.SCALE_RANGE": (0.1, 2.0)}) == {"INPUT.DATASET_INPUT_SCALE": [[0.1, 2.0]]}
+    both = {"DATALOADER.DATASET_INPUT_SIZE": [896, 448], "INPUT.TRAIN_SIZE": 640,
+            "DATALOADER.DATASET_INPUT_SCALE": [[0.5, 1.5]], "INPUT.SCALE_RANGE": (0.1, 2.0)}
+    assert translate(both) == {"INPUT.DATASET_INPUT_SIZE": [896, 448], "INPUT.DATASET_INPUT_SCALE": [[0.5, 1.5]]}
+
+
+# ------------------------------------------------------------------ Detic checkpoints: what is refused
+class _NotATensor:
+    pass
+
+
+def test_read_checkpoint_refuses_pickled_objects(tmp_path):
+    """Only tensors and plain containers load (torch.load(weights_only=True)): a checkpoint
+    carrying an arbitrary object could run code when unpickled."""
+    from pomp_det.detic_checkpoint import read_checkpoint
+
+    torch.save({"model": {"a": torch.zeros(2)}, "extra": _NotATensor()}, tmp_path / "obj.pth")
+    with pytest.raises(ValueError, match="not a plain tensor checkpoint"):
+        read_checkpoint(str(tmp_path / "obj.pth"))
+
+
+def test_convert_refusal_names_the_config_and_lists_the_report():
+    from pomp_det.detic_checkpoint import convert
+
+    state = detic_state()
+    state["stray.weight"] = torch.zeros(2)
+    del state["conv.bias"]
+    state["conv.weight"] = torch.zeros(3, 2, 3, 3)
+    with pytest.raises(ValueError) as e:
+        convert(state, _Detector())
+    want = map_keys({k: tuple(v.shape) for k, v in state.items()},
+                    {k: tuple(v.shape) for k, v in _Detector().state_dict().items()})
+    assert want.unexpected == ["stray.weight"] and want.missing == ["conv.bias"] and len(want.wrong_shape) == 1
+    assert str(e.value) == ("the Detic checkpoint does not fit this model (built from configs/det/centernet2/?):\n"
+                            + want.summary())
+
+
+def test_map_keys_fills_a_renamed_key_of_another_shape():
+    """A renamed Detic key of the wrong shape is reported once, as misshapen, not as missing."""
+    detic = {"roi_heads.box_predictor.1.cls_score.cls_bias": (2,)}
+    r = map_keys(detic, {"roi_heads.box_predictor.1.cls_score.bias": (1,)})
+    assert r.wrong_shape == [("roi_heads.box_predictor.1.cls_score.cls_bias", (2,), (1,))]
+    assert r.missing == [] and r.mapped == {} and r.unexpected == []
+
+
+# ------------------------------------------------------------------ category counts: edges and messages
+def test_image_counts_keep_the_last_class_and_drop_the_ones_past_it():
+    records = [{"annotations": [{"category_id": 3}, {"category_id": 4}]}, {"annotations": [{"category_id": 3}]}]
+    assert cc.category_image_counts(records, 4).tolist() == [0.0, 0.0, 0.0, 2.0]
+
+
+def test_cat_info_counts_expand_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    atomic_write_json(tmp_path / "info.json", [{"id": 2, "image_count": 7}, {"id": 1, "image_count": 3}])
+    assert cc.cat_info_counts("~/info.json", 2).tolist() == [3.0, 7.0]
+
+
+def test_builtin_lvis_counts_log_that_they_stand_in():
+    with logged(cc.__name__) as got:
+        cc.cat_info_counts("", cc.LVIS_V1_NUM_CLASSES)
+        cc.cat_info_counts("/nonexistent/cat_info.json", cc.LVIS_V1_NUM_CLASSES)
+    assert got == ["federated loss: CAT_FREQ_PATH not found, using the builtin LVIS v1 image counts",
+                   "federated loss: /nonexistent/cat_info.json not found, using the builtin LVIS v1 image counts"]
+
+
+def test_a_missing_cat_info_file_says_how_to_write_it(tmp_path):
+    path = str(tmp_path / "none.json")
+    with pytest.raises(FileNotFoundError) as e:
+        cc.cat_info_counts(path, 3)
+    assert str(e.value) == (
+        f"federated loss: category-info file '{path}' (MODEL.POMP.CAT_FREQ_PATH) does not exist and the "
+        "vocabulary (3 classes) is not LVIS v1's: write it with `python -m pomp_det.data.category_counts "
+        "<training json> --out <path>`, or set MODEL.POMP.FED_LOSS_WEIGHTS train_boxes to count the training boxes")
+
+
+def test_load_cat_info_refuses_what_is_not_a_list_of_counts(tmp_path):
+    for bad in ({"id": 1, "image_count": 2}, [{"image_count": 2}], [{"id": 1, "image_count": 2}, {"id": 2}]):
+        path = tmp_path / "bad.json"
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError) as e:
+            cc.load_cat_info_counts(path)
+        assert str(e.value) == (f"{path} is not a category-info file ([{{'id', 'image_count', ...}}, ...]); "
+                                "write one with `python -m pomp_det.data.category_counts <train json>`")
+
+
+def test_cat_info_main_writes_where_out_says(tmp_path, capsys):
+    src = lvis_json(tmp_path)
+    out = tmp_path / "elsewhere" / "info.json"
+    out.parent.mkdir()
+    cc.main([str(src), "--out", str(out)])
+    assert capsys.readouterr().out.strip() == str(out)
+    assert [c["instance_count"] for c in json.loads(out.read_text())] == [3, 0, 1]
+    assert not (tmp_path / "train_cat_info.json").exists()
+
+
+_COUNT_RECORDS = {}
+
+
+def _register_count_datasets():
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    names = ["_values_counts_a", "_values_counts_tags", "_values_counts_b"]
+    _COUNT_RECORDS.update({
+        names[0]: [{"annotations": [{"category_id": 1}, {"category_id": 1}]}, {"annotations": [{"category_id": 0}]},
+                   {"annotations": [{"category_id": 1}, {"category_id": 2}]}],
+        names[1]: [{"annotations": [{"category_id": 0}]}] * 5,
+        names[2]: [{"annotations": [{"category_id": 2}]}, {"annotations": [{"category_id": 0}, {"category_id": 2}]}]})
+    for n in names:
+        if n not in DatasetCatalog:
+            DatasetCatalog.register(n, lambda n=n: _COUNT_RECORDS[n])
+        if n in MetadataCatalog.list():
+            MetadataCatalog.remove(n)  # no cached counts from an earlier test
+    MetadataCatalog.get(names[1]).set(ann_type="image")
+    return names
+
+
+def test_federated_weight_from_the_training_boxes_skips_image_labels_in_the_middle():
+    """Image counts of the box datasets (an image-labelled one between them), to the power."""
+    names = _register_count_datasets()
+    cfg = get_pomp_cfg()
+    cfg.MODEL.POMP.FED_LOSS_WEIGHTS, cfg.DATASETS.TRAIN = "train_boxes", tuple(names)
+    cfg.MODEL.POMP.FED_LOSS_FREQ_WEIGHT = 0.5
+    with logged(cc.__name__) as messages:
+        got = cc.federated_class_weight(cfg, 4)
+    # class 0: 1 + 1 images, class 1: 2, class 2: 1 + 2, class 3: none
+    torch.testing.assert_close(got, torch.tensor([2.0, 2.0, 3.0, 0.0]).sqrt())
+    assert messages == ["federated loss: 3 of 4 classes can be drawn"]
+
+
+def test_train_box_counts_refuse_a_cached_count_of_another_size():
+    from detectron2.data import MetadataCatalog
+
+    names = _register_count_datasets()
+    MetadataCatalog.get(names[2]).set(category_image_counts=[5.0, 0.0, 2.0])  # cached for 3 classes
+    with pytest.raises(ValueError) as e:
+        cc.train_box_counts(names, 4)
+    assert str(e.value) == (f"dataset '{names[2]}' has 3 categories but the classifier has 4: "
+                            "MODEL.ROI_HEADS.NUM_CLASSES must match it")
+    # a cached count is used as it is, not recounted
+    assert cc.train_box_counts(names[2:], 3).tolist() == [5.0, 0.0, 2.0]  # the data: 1, 0, 2
+
+
+# ------------------------------------------------------------------ multi-dataset: augmentations, notes, loader
+def test_dataset_augmentations_are_each_datasets_own():
+    from detectron2.data import transforms as T
+
+    from pomp_det.data.multi_dataset import dataset_augmentations
+
+    cfg = get_pomp_cfg()
+    cfg.INPUT.DATASET_AUG = "resize_scale_crop"
+    cfg.INPUT.DATASET_INPUT_SIZE, cfg.INPUT.DATASET_INPUT_SCALE = [640, 320], [[0.1, 2.0], [0.5, 1.5]]
+    resize, crop, flip = dataset_augmentations(cfg, 1)
+    assert isinstance(resize, T.ResizeScale) and isinstance(crop, T.FixedSizeCrop) and isinstance(flip, T.RandomFlip)
+    assert (resize.min_scale, resize.max_scale, resize.target_height, resize.target_width) == (0.5, 1.5, 320, 320)
+    assert tuple(crop.crop_size) == (320, 320) and crop.pad is False
+    assert (flip.prob, flip.horizontal, flip.vertical) == (0.5, True, False)
+    cfg.INPUT.DATASET_AUG = "resize_shortest_edge"
+    cfg.INPUT.DATASET_MIN_SIZE, cfg.INPUT.DATASET_MAX_SIZE = [[640, 800], [320, 400, 480]], [1333, 667]
+    cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
+    resize, flip = dataset_augmentations(cfg, 1)
+    assert isinstance(resize, T.ResizeShortestEdge) and isinstance(flip, T.RandomFlip)
+    assert (tuple(resize.short_edge_length), resize.max_size, resize.sample_style) == ((320, 400, 480), 667, "choice")
+    cfg.INPUT.DATASET_AUG = "lsj"
+    with pytest.raises(ValueError, match="INPUT.DATASET_AUG is 'lsj'"):
+        dataset_augmentations(cfg, 0)
+
+
+def test_batch_size_note_by_hand():
+    from pomp_det.data.multi_dataset import batch_size_note
+
+    cfg = get_pomp_cfg()
+    cfg.DATALOADER.DATASET_BATCH_SIZE, cfg.DATALOADER.DATASET_ANN_TYPE = [8, 32], ["box", "image"]
+    cfg.SOLVER.IMS_PER_BATCH = 64  # the recipe: 8 per process x 8 processes
+    assert batch_size_note(cfg, 8) == ""
+    assert batch_size_note(cfg, 2) == (
+        "DATALOADER.DATASET_BATCH_SIZE [8, 32] is per process: the recipe's global batch (SOLVER.IMS_PER_BATCH 64) "
+        "is 8 x 8 processes; with 2 it is 16 (box) / 64 (image) images at the recipe's learning rate. To scale "
+        "the LR and schedule linearly instead, set SOLVER.REFERENCE_WORLD_SIZE 8 (docs/detection.md)")
+
+
+_LOADER_RECORDS = {}
+
+
+def _loader_cfg(tmp_path):
+    """Two tiny datasets: 4 box images of 40 x 30 (one without boxes), 2 image-labelled of 20 x 24."""
+    import numpy as np
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import BoxMode
+    from PIL import Image
+
+    def image(name, w, h):
+        path = tmp_path / name
+        Image.fromarray(np.full((h, w, 3), 90, dtype=np.uint8)).save(path)
+        return str(path)
+
+    def box(c):
+        return {"bbox": [2.0, 3.0, 20.0, 15.0], "bbox_mode": BoxMode.XYWH_ABS, "category_id": c, "iscrowd": 0}
+
+    cats = [[0], [0, 1], [], [0]]
+    _LOADER_RECORDS["_values_md_boxes"] = [
+        {"file_name": image(f"b{i}.png", 40, 30), "image_id": i, "width": 40, "height": 30,
+         "annotations": [box(c) for c in cs]} for i, cs in enumerate(cats)]
+    _LOADER_RECORDS["_values_md_tags"] = [
+        {"file_name": image(f"t{i}.png", 20, 24), "image_id": 10 + i, "width": 20, "height": 24,
+         "pos_category_ids": p, "annotations": []} for i, p in enumerate([[1], [0, 1]])]
+    for n in _LOADER_RECORDS:
+        if n not in DatasetCatalog:
+            DatasetCatalog.register(n, lambda n=n: [dict(r) for r in _LOADER_RECORDS[n]])
+    cfg = get_pomp_cfg()
+    cfg.DATASETS.TRAIN = ("_values_md_boxes", "_values_md_tags")
+    cfg.DATALOADER.DATASET_RATIO, cfg.DATALOADER.DATASET_BATCH_SIZE = [1.0, 3.0], [2, 1]
+    cfg.DATALOADER.DATASET_ANN_TYPE, cfg.DATALOADER.USE_RFS = ["box", "image"], [True, True]
+    cfg.DATALOADER.REPEAT_THRESHOLD, cfg.DATALOADER.NUM_WORKERS = 0.8, 0
+    cfg.DATALOADER.ASPECT_RATIO_GROUPING, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True, True
+    cfg.INPUT.DATASET_AUG = "resize_scale_crop"
+    cfg.INPUT.DATASET_INPUT_SIZE, cfg.INPUT.DATASET_INPUT_SCALE = [32, 16], [[1.0, 1.0], [1.0, 1.0]]
+    cfg.SOLVER.IMS_PER_BATCH, cfg.SEED = 4, 0  # 2 per process: the recipe had 2 processes
+    return cfg
+
+
+def test_multi_dataset_loader_by_hand(tmp_path):
+    from pomp_det.data.multi_dataset import batch_size_note, build_multi_dataset_train_loader
+
+    cfg = _loader_cfg(tmp_path)
+    with logged("pomp_det.data.multi_dataset") as messages:
+        loader = build_multi_dataset_train_loader(cfg)
+    assert messages == [batch_size_note(cfg, 1)] and messages[0]
+    assert isinstance(loader, GroupedByDataset) and loader.batch_sizes == [2, 1] and loader.grouping is True
+    sampler = loader.items.sampler
+    assert isinstance(sampler, MultiDatasetSampler) and sampler.sizes == [3, 2] and sampler.seed == 0
+    # repeat factors (t = 0.8): boxes, class 0 in 3 / 3 images -> 1, class 1 in 1 / 3 -> sqrt(2.4);
+    # image labels, class 1 in 2 / 2 -> 1, class 0 in 1 / 2 -> sqrt(1.6); the empty box image is dropped
+    rf_box = torch.tensor([1.0, math.sqrt(2.4), 1.0])
+    rf_tag = torch.tensor([1.0, math.sqrt(1.6)])
+    want = torch.cat([3 / 3 * 1 / 4 * rf_box * 3 / rf_box.sum(), 3 / 2 * 3 / 4 * rf_tag * 2 / rf_tag.sum()])
+    torch.testing.assert_close(sampler.weights, want.float())
+    # each dataset's own mapper: 40 x 30 -> fit in 32 x 32 -> 32 x 24; 20 x 24 -> in 16 x 16 -> 13 x 16
+    items = [loader.items.dataset[i] for i in range(5)]
+    assert [d["dataset_source"] for d in items] == [0, 0, 0, 1, 1]
+    assert [d["ann_type"] for d in items] == ["box"] * 3 + ["image"] * 2
+    assert [tuple(d["image"].shape) for d in items] == [(3, 24, 32)] * 3 + [(3, 16, 13)] * 2
+    assert [len(d["instances"]) for d in items] == [1, 2, 1, 0, 0]
+    batch = next(iter(loader))
+    assert len(batch) == loader.batch_sizes[batch[0]["dataset_source"]]
+    assert len({d["dataset_source"] for d in batch}) == 1 and all(isinstance(d, dict) for d in batch)
+    cfg.SEED = -1  # a seed drawn once, shared by the ranks
+    assert 0 <= build_multi_dataset_train_loader(cfg).items.sampler.seed < 2 ** 31
+
+
+def test_multi_dataset_loader_needs_one_entry_per_dataset(tmp_path):
+    from pomp_det.data.multi_dataset import build_multi_dataset_train_loader
+
+    cfg = _loader_cfg(tmp_path)
+    cfg.INPUT.DATASET_INPUT_SIZE = [32]
+    with pytest.raises(ValueError) as e:
+        build_multi_dataset_train_loader(cfg)
+    assert str(e.value) == ("['INPUT.DATASET_INPUT_SIZE'] need one entry per training dataset "
+                            "(2: ['_values_md_boxes', '_values_md_tags'])")
+    cfg = _loader_cfg(tmp_path)
+    cfg.INPUT.DATASET_AUG = "resize_shortest_edge"
+    cfg.INPUT.DATASET_MIN_SIZE, cfg.INPUT.DATASET_MAX_SIZE = [[32], [16]], [40]
+    cfg.DATALOADER.USE_RFS = [False]
+    with pytest.raises(ValueError, match=r"\['DATALOADER.USE_RFS', 'INPUT.DATASET_MAX_SIZE'\] need one entry"):
+        build_multi_dataset_train_loader(cfg)
+
+
+def test_multi_dataset_loader_without_repeat_factors_and_filtering(tmp_path):
+    from pomp_det.data.multi_dataset import build_multi_dataset_train_loader
+
+    cfg = _loader_cfg(tmp_path)
+    cfg.DATALOADER.USE_RFS, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS = [False, True], False
+    sampler = build_multi_dataset_train_loader(cfg).items.sampler
+    assert sampler.sizes == [4, 2]  # the box image without boxes is kept
+    rf_tag = torch.tensor([1.0, math.sqrt(1.6)])
+    want = torch.cat([torch.full((4,), 4 / 4 * 1 / 4), 4 / 2 * 3 / 4 * rf_tag * 2 / rf_tag.sum()])
+    torch.testing.assert_close(sampler.weights, want.float())
+
+
+def test_grouping_puts_square_images_with_the_portrait_ones():
+    items = [{"dataset_source": 0, "width": w, "height": h, "i": k} for k, (w, h) in enumerate(
+        [(30, 30), (40, 20), (20, 40), (50, 20)])]
+    grouped = list(GroupedByDataset(items, batch_sizes=[2], aspect_ratio_grouping=True))
+    assert [[d["i"] for d in b] for b in grouped] == [[0, 2], [1, 3]]
+
+
+def _tiny_detic_checkpoint(tmp_path):
+    """A Detic-style checkpoint of the world's tiny Faster R-CNN (D = 6, 3 classes) with its
+    zs_weight [D, C + 1], and the model's own keys."""
+    from pathlib import Path
+
+    from detectron2.modeling import build_model
+
+    from pomp_det import load_pomp_cfg
+
+    config = Path(__file__).resolve().parents[2] / "configs/det/world/Base-world-tiny.yaml"
+    cfg = load_pomp_cfg(str(config), ["MODEL.POMP.RANDOM_EMBEDDINGS_SEED", "0", "MODEL.POMP.USE_FED_LOSS", "False",
+                                      "MODEL.POMP.EMBED_DIM", "6", "MODEL.ROI_HEADS.NUM_CLASSES", "3"])
+    ours = build_model(cfg).state_dict()
+    g = torch.Generator().manual_seed(1)
+    state = {k: torch.randn(v.shape, generator=g) if v.is_floating_point() else v.clone() for k, v in ours.items()}
+    zs = torch.randn(6, 4, generator=g)
+    state[EMBEDDINGS_KEY] = zs
+    torch.save({"model": state, "iteration": 7}, tmp_path / "detic.pth")
+    return config, ours, state, zs
+
+
+def test_detic_checkpoint_main_writes_the_model_and_the_embeddings(tmp_path, capsys):
+    import numpy as np
+
+    from pomp_det.detic_checkpoint import main
+
+    config, ours, state, zs = _tiny_detic_checkpoint(tmp_path)
+    out, npy = tmp_path / "d2.pth", tmp_path / "emb.npy"
+    main([str(tmp_path / "detic.pth"), "--out", str(out), "--embeddings-out", str(npy), "--config-file", str(config)])
+    written = torch.load(out, weights_only=True)
+    assert set(written) == {"model"} and set(written["model"]) == set(ours)
+    assert all(torch.equal(written["model"][k], state[k]) for k in ours)
+    emb = np.load(npy)  # [C, D]: zs_weight without the background column, transposed
+    assert emb.dtype == np.float32 and np.array_equal(emb, zs[:, :3].t().numpy())
+    report = map_keys({k: tuple(v.shape) for k, v in state.items()}, {k: tuple(v.shape) for k, v in ours.items()})
+    assert report.ok and list(report.set_aside) == [EMBEDDINGS_KEY]
+    assert capsys.readouterr().out.splitlines() == report.summary().splitlines() + [f"wrote {out} and {npy} ((3, 6))"]
+    # without --embeddings-out: the checkpoint only; opts after the positional reach the config
+    main([str(tmp_path / "detic.pth"), "--out", str(tmp_path / "only.pth"), "--config-file", str(config),
+          "MODEL.ROI_BOX_HEAD.FC_DIM", "256"])
+    assert capsys.readouterr().out.splitlines()[-1] == f"wrote {tmp_path / 'only.pth'}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d2.pth", "detic.pth", "emb.npy", "only.pth"]
+    with pytest.raises(ValueError, match="of another shape"):  # an override that changes the model is seen
+        main([str(tmp_path / "detic.pth"), "--out", str(tmp_path / "x.pth"), "--config-file", str(config),
+              "MODEL.ROI_BOX_HEAD.FC_DIM", "128"])
+    with pytest.raises(SystemExit):  # --out is required
+        main([str(tmp_path / "detic.pth"), "--config-file", str(config)])
