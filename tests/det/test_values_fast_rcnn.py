@@ -376,3 +376,20 @@ def test_federated_draw_is_detics_under_the_same_seed():
         torch.manual_seed(seed)
         drawn = torch.multinomial(torch.tensor([0.5, 0.0, 2.0, 0.0, 0.0, 1.5, 0.0]), 2, replacement=False)
         assert got.tolist() == [1, 4] + drawn.tolist()
+
+
+def test_from_config_softmax_mode_and_the_class_count_message(tmp_path):
+    soft = PompFastRCNNOutputLayers(pomp_cfg(tmp_path, USE_SIGMOID_CE=False, USE_FED_LOSS=False), ShapeSpec(channels=6))
+    assert soft.use_sigmoid_ce is False and soft.use_fed_loss is False
+    wrong = pomp_cfg(tmp_path)  # embeddings [5, 4]
+    wrong.MODEL.ROI_HEADS.NUM_CLASSES = C + 1
+    with pytest.raises(ValueError) as e:
+        PompFastRCNNOutputLayers(wrong, ShapeSpec(channels=6))
+    assert str(e.value) == (f"the class embeddings have {C} rows but MODEL.ROI_HEADS.NUM_CLASSES is {C + 1}: "
+                            "set NUM_CLASSES to the vocabulary size")
+
+
+def test_federated_weights_follow_the_predictor_to_its_device():
+    p = predictor().to("meta")  # a device other than the weights' own (CPU)
+    p.set_fed_loss_weight(torch.arange(C).float())
+    assert p.fed_loss_weight.device.type == "meta" and p.fed_loss_weight.shape == (C,)
