@@ -67,7 +67,12 @@ COVERING: Dict[str, List[str]] = {
         "loss_trains_on_the_seen_embeddings_and_labels_with_the_decode_prefix",
         "defaults_threshold_at_one_half_on_probabilities_and_lambda_point_seven",
         "encode_decode_scores_the_heads_own_proposals", "pretrained_and_init_cfg_reach_the_backbone_and_the_model",
-        "without_normalisation_in_the_preprocessor_crops_are_taken_as_clip_normalised")]
+        "without_normalisation_in_the_preprocessor_crops_are_taken_as_clip_normalised",
+        "train_and_test_cfg_clip_temperature_and_min_crop_size_reach_the_model",
+        "a_neck_sits_between_the_backbone_and_the_head", "without_a_preprocessor_crops_are_taken_as_clip_normalised",
+        "encode_decode_takes_h_w_of_img_shape_or_the_input_and_keeps_double_precision",
+        "without_samples_the_whole_input_is_each_image_even_for_a_head_that_masks_padding",
+        "seen_labels_stay_on_the_device_of_the_labels")]
     + ["tests/seg/test_recipe.py::test_empty_proposal_gets_a_neutral_clip_probability",
        "tests/seg/test_components.py::test_ensemble_formula_by_hand",
        "tests/seg/test_components.py::test_pixel_scores_sum_over_queries"],

@@ -199,3 +199,110 @@ def test_encoder_follows_the_model_moved_after_it_was_built():
     assert encoder.tower.attn_mask is model.attn_mask and encoder.tower.attn_mask.dtype == torch.float64
     assert after.dtype == torch.float64
     torch.testing.assert_close(after.float(), before, atol=1e-5, rtol=0)
+
+
+class CountingTokenizer:
+    """open_clip's tokenizer, keeping every text it is asked to encode."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.texts = tokenizer, []
+
+    def encode(self, text):
+        self.texts.append(text)
+        return self.tokenizer.encode(text)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_names_and_prompt_strings_are_tokenized_once_each(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    counting = CountingTokenizer(tokenizer)
+    enc = PromptedTextEncoder(model, counting)
+    counting.texts.clear()
+    first = enc.token_ids(["hot_air_balloon", "tv"], 4, "front")
+    again = enc.token_ids(["tv", "hot_air_balloon"], 4, "front")
+    # the whole string "X .. X {name}." (module docstring), then the name alone for its length
+    assert counting.texts == ["X X X X hot air balloon.", "hot air balloon", "X X X X tv.", "tv"]
+    assert torch.equal(again[0], first[0].flip(0)) and torch.equal(again[1], first[1].flip(0))
+    enc.token_ids(["tv"], 5, "end")  # another context length: another string, the same name
+    assert counting.texts[4:] == ["X X X X X tv."]
+
+
+WORDS = ["cat", "dog", "red", "blue", "green", "tree", "car", "sun", "sky", "sea", "box"]
+
+
+def test_too_long_messages_give_the_sizes_and_the_first_ten_cut_names(tiny_clip, caplog):
+    model, tokenizer, _ = tiny_clip
+    name = " ".join(["word"] * 70)
+    assert len(tokenizer.encode(name)) == 70  # with 16 context vectors 77 - 16 - 3 = 58 fit
+    with pytest.raises(ValueError) as err:
+        PromptedTextEncoder(model, tokenizer).token_ids(["cat", name], 16, "end")
+    assert str(err.value) == (f"class name '{name}' is 70 tokens; with 16 context vectors at most 58 fit in the "
+                              "77-token context. Shorten the name, or pass truncate_names=True to cut it to fit.")
+    names = [f"{w} {name}" for w in WORDS]  # 11 names to cut: the message lists the first 10
+    with caplog.at_level(logging.WARNING):
+        PromptedTextEncoder(model, tokenizer, truncate_names=True).token_ids(["cat"] + names, 16, "end")
+    messages = [r.getMessage() for r in caplog.records if r.name == "pomp_core.text_encoder"]
+    assert messages == [f"cut 11 class names to 58 tokens to fit the context: {names[:10]}"]
+
+
+def test_a_prompt_that_leaves_two_places_takes_a_one_token_name(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    enc = PromptedTextEncoder(model, tokenizer)
+    ids, is_ctx = enc.token_ids(["cat"], 73, "end")  # SOS, 73 vectors, cat, period, EOT: 77
+    assert torch.equal(ids, tokenizer([" ".join(["X"] * 73) + " cat."]))
+    assert is_ctx[0].tolist() == [False] + [True] * 73 + [False] * 3
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_a_name_that_exactly_fills_the_context_fits_in_every_position(tiny_clip, position):
+    model, tokenizer, _ = tiny_clip
+    name = " ".join(["zebra"] * 70)  # 70 tokens and the period: the 71 places that 4 context vectors leave
+    enc = PromptedTextEncoder(model, tokenizer)
+    ids, is_ctx = enc.token_ids([name, "cat"], 4, position)
+    assert torch.equal(ids, tokenizer([hand_text("X X X X", n, position) for n in (name, "cat")]))
+    assert ids[0, -1] == tokenizer.eot_token_id
+    assert (is_ctx.sum(1) == 4).all() and (ids[is_ctx] == enc.placeholder_id).all()
+
+
+def test_a_tower_without_a_causal_mask_runs_all_positions(tiny_clip, monkeypatch):
+    """Without the causal mask positions after the EOT reach its feature: no truncation."""
+    model, tokenizer, _ = tiny_clip
+    ids = tokenizer(["a small red striped circle", "x"])
+    with torch.no_grad():
+        causal = model.encode_text(ids)
+    monkeypatch.setattr(model, "attn_mask", None)
+    enc = PromptedTextEncoder(model, tokenizer)
+    assert not enc.causal
+    names = ["cat", "hot_air_balloon"]
+    prompt = PromptLearner.from_words("a photo of a", model, tokenizer)
+    with torch.no_grad():
+        plain = model.encode_text(ids)
+        torch.testing.assert_close(enc.encode_ids(ids), plain, atol=1e-5, rtol=0)
+        want = model.encode_text(tokenizer([hand_text("a photo of a", n, "end") for n in names]))
+        torch.testing.assert_close(enc(prompt, names), want, atol=1e-5, rtol=0)
+    assert (plain - causal).abs().max() > 1e-3  # the mask matters: the test can fail
+
+
+def test_an_eos_pooled_tower_reads_the_feature_at_the_first_eos_token(tiny_clip, monkeypatch):
+    model, tokenizer, _ = tiny_clip
+    dot = tokenizer.encode(".")[0]
+    monkeypatch.setattr(model, "text_pool_type", "eos", raising=False)
+    monkeypatch.setattr(model, "text_eos_id", dot, raising=False)
+    enc = PromptedTextEncoder(model, tokenizer)
+    assert (enc.tower.pool_type, enc.tower.eos_id) == ("eos", dot)
+    ids = tokenizer(["a red circle.", "x. y.", "tv ."])
+    # the first '.' of each row, not the largest id (the EOT)
+    assert enc.eot_index(ids).tolist() == [row.tolist().index(dot) for row in ids]
+    assert enc.eot_index(ids).tolist() != ids.argmax(dim=-1).tolist()
+
+
+def test_prompt_width_message_names_the_model_the_prompt_was_made_for(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    enc = PromptedTextEncoder(model, tokenizer)
+    advice = "the prompt was trained for another CLIP model; load the model it was made for "
+    for model_name, said in ((None, "see the prompt file metadata"), ("ViT-L-14", "ViT-L-14")):
+        with pytest.raises(ValueError) as err:
+            enc(PromptLearner(n_ctx=4, width=512, model_name=model_name), ["cat"])
+        assert str(err.value) == f"prompt width 512 does not match the text tower width 64: {advice}({said})."

@@ -2,9 +2,12 @@
 order, truncated names, the embedding export formats, the durable-file helpers, the
 pre-training proposal distributions and RandAugment2 against Dassl's own loop, and
 tools/export_prompt.py's defaults."""
+import json
+import logging
 import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -111,7 +114,7 @@ def test_kill_point_matches_the_name_or_name_and_step(monkeypatch):
     monkeypatch.setattr(durable.logging, "shutdown", lambda: None)
     table = [("save", "save", None, True), ("save", "save", 3, True), ("save:3", "save", 3, True),
              ("save:3", "save", 4, False), ("save:3", "save", None, False), ("load", "save", None, False),
-             ("", "save", None, False)]
+             ("", "save", None, False), ("", "", None, False)]  # an empty POMP_KILL_AT names no point
     for env, name, step, killed in table:
         kills.clear()
         monkeypatch.setenv(durable.KILL_ENV, env)
@@ -141,9 +144,48 @@ def test_stale_temporaries_of_dead_processes_only_are_removed(tmp_path):
         assert live.poll() is None  # asked whether it lives, not signalled
     finally:
         live.kill()
-        live.wait()
+        code = live.wait()
+    assert code == -signal.SIGKILL  # killed by us, not by a signal of the check
     left = {p.name for p in tmp_path.iterdir()}
     assert left == set(names.values()) - {names["dead"]}
+
+
+class NameOrdered(type(Path())):
+    """A folder whose listing comes in name order (the file system's order is arbitrary)."""
+
+    def glob(self, pattern):
+        return iter(sorted(super().glob(pattern)))
+
+
+def test_stale_temporaries_of_any_suffix_go_past_odd_names_and_undeletable_ones(tmp_path):
+    host = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    odd = f"f.pt.{host}--1-aaaa.tmp"  # no pid: kept, and the search goes on (it lists first)
+    stuck = f"f.pt.{host}-{dead.pid}-bbbb.tmp"  # a folder: unlink fails, kept, the search goes on
+    dashed = f"f.pt.{host}-{dead.pid}-cccc.part-2"  # temporary_name(path, suffix=".part-2")
+    plain = f"f.pt.{host}-{dead.pid}-dddd.tmp"
+    (tmp_path / odd).write_text("x")
+    (tmp_path / stuck).mkdir()
+    (tmp_path / dashed).write_text("x")
+    (tmp_path / plain).write_text("x")
+    folder = NameOrdered(tmp_path)
+    assert [p.name for p in folder.glob("f.pt.*")] == [odd, stuck, dashed, plain]
+    durable.remove_stale_temporaries(folder, "f.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [odd, stuck]
+
+
+def test_fsync_dir_passes_over_a_folder_it_cannot_open(tmp_path):
+    durable._fsync_dir(tmp_path / "missing")  # os.open fails: nothing to sync, no error
+    durable._fsync_dir(tmp_path)
+
+
+def test_atomic_write_json_returns_the_path_of_the_complete_file(tmp_path):
+    path = tmp_path / "sub" / "state.json"
+    data = {"epoch": 3, "best": [0.5, None], "name": "z\u00fcrich"}
+    assert durable.atomic_write_json(str(path), data) == path
+    assert json.loads(path.read_text()) == data
+    assert [p.name for p in path.parent.iterdir()] == ["state.json"]  # no temporary left
 
 
 def test_atomic_write_keeps_the_old_file_on_error_and_renames_after_the_kill_point(tmp_path, monkeypatch):
@@ -329,14 +371,21 @@ def export_prompt():
     return module
 
 
-def test_export_prompt_defaults_fp16_no_best_and_the_prompts_epoch(tmp_path, export_prompt):
+def root_messages(caplog, level=logging.INFO):
+    """What the tool itself logged (logging.info / logging.warning: the root logger) at ``level``."""
+    return [r.getMessage() for r in caplog.records if r.name == "root" and r.levelno == level]
+
+
+def test_export_prompt_defaults_fp16_no_best_and_the_prompts_epoch(tmp_path, export_prompt, caplog):
     import pomp_core
 
+    caplog.set_level(logging.INFO)
     prompt = PromptLearner(n_ctx=2, width=8, init_std=0.3)
     src = pomp_core.save_prompt(prompt, tmp_path / "p.pth", epoch=4)
     path = export_prompt.main(["--prompt", str(src), "--out", str(tmp_path / "rel")])
     folder = tmp_path / "rel" / "prompt_learner"
     assert path == folder / "model.pth.tar-4"
+    assert root_messages(caplog) == [f"wrote {path} (epoch 4, fp16 ctx (2, 8))"]
     assert sorted(p.name for p in folder.iterdir()) == ["checkpoint", "model.pth.tar-4"]
     raw = torch.load(path, weights_only=True)
     assert raw["epoch"] == 4 and raw["state_dict"]["ctx"].dtype == torch.float16
@@ -413,3 +462,87 @@ def test_export_prompt_flags_best_trusted_and_bad_values(tmp_path, export_prompt
     plain = pomp_core.save_prompt(PromptLearner(n_ctx=2, width=8), tmp_path / "plain.pth")
     with pytest.raises(ValueError, match="records no epoch: pass --epoch N"):
         export_prompt.main(["--prompt", str(plain), "--out", str(tmp_path / "c")])
+
+
+EXPORT_OPTIONS = {  # option -> its line in --help
+    "--prompt PROMPT": "prompt file (tools/pretrain.py output or a release .pth.tar)",
+    "--run RUN": "a tools/pretrain.py output folder: every epoch and the best",
+    "--out OUT": "output directory (the release's --model-dir)",
+    "--epoch EPOCH": "with --prompt: epoch to record and name the file by (default: the prompt's own)",
+    "--dtype {fp16,fp32}": "",
+    "--best": "with --prompt: also write model-best.pth.tar",
+    "--trusted": "unpickle the prompt file fully (a raw Dassl checkpoint); only for files you trust",
+}
+
+
+def test_export_prompt_help_shows_the_usage_text_and_every_option(export_prompt, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # wide enough for one line per option
+    with pytest.raises(SystemExit) as exited:
+        export_prompt.parse_args(["--help"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    assert export_prompt.__doc__.strip() in out  # the module's text, line for line
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    for option, text in EXPORT_OPTIONS.items():
+        assert f"{option} {text}".strip() in lines, option
+
+
+def test_export_prompt_paths_parse_as_paths(export_prompt):
+    args = export_prompt.parse_args(["--run", "runs/a", "--out", "rel"])
+    assert (args.run, args.out, args.prompt) == (Path("runs/a"), Path("rel"), None)
+    assert isinstance(args.run, Path) and isinstance(args.out, Path)
+    args = export_prompt.parse_args(["--prompt", "p.pth", "--out", "rel", "--epoch", "3", "--best", "--trusted"])
+    assert (args.prompt, args.run, args.epoch, args.best, args.trusted) == ("p.pth", None, 3, True, True)
+
+
+def release_file(path):
+    raw = torch.load(path, weights_only=True)
+    return raw["epoch"], raw["state_dict"]["ctx"]
+
+
+def test_export_prompt_run_writes_every_kept_epoch_and_the_best_one(tmp_path, export_prompt, caplog):
+    import pomp_core
+    from pomp_core.pretrain.selection import BEST, epoch_prompt_path
+
+    caplog.set_level(logging.INFO)
+    run = tmp_path / "run"
+    torch.manual_seed(8)
+    prompts = {e: PromptLearner(n_ctx=2, width=8, init_std=0.3) for e in (1, 2, 3)}
+    for e, prompt in prompts.items():
+        pomp_core.save_prompt(prompt, epoch_prompt_path(run, e), epoch=e)
+    pomp_core.save_prompt(prompts[2], run / BEST, epoch=2, val_top1=0.5)  # validation chose epoch 2 of 3
+    path = export_prompt.main(["--run", str(run), "--out", str(tmp_path / "rel")])
+    folder = tmp_path / "rel" / "prompt_learner"
+    assert path == folder / "model.pth.tar-3"  # the last epoch's
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint", "model-best.pth.tar", "model.pth.tar-1",
+                                                        "model.pth.tar-2", "model.pth.tar-3"]
+    for name, e in (("model.pth.tar-1", 1), ("model.pth.tar-2", 2), ("model.pth.tar-3", 3), ("model-best.pth.tar", 2)):
+        epoch, ctx = release_file(folder / name)
+        assert epoch == e and ctx.dtype == torch.float16, name  # fp16 by default
+        assert torch.equal(ctx, prompts[e].ctx.detach().half()), name
+    assert root_messages(caplog) == [f"wrote {folder / 'model.pth.tar-1'}",
+                                     f"wrote {folder / 'model.pth.tar-2'} and model-best.pth.tar",
+                                     f"wrote {folder / 'model.pth.tar-3'}"]
+    assert root_messages(caplog, logging.WARNING) == []
+
+
+def test_export_prompt_run_without_validation_warns_and_writes_no_best(tmp_path, export_prompt, caplog):
+    import pomp_core
+    from pomp_core.pretrain.selection import epoch_prompt_path
+
+    run = tmp_path / "run"
+    prompts = {e: PromptLearner(n_ctx=2, width=8, init_std=0.3) for e in (2, 5)}
+    for e, prompt in prompts.items():
+        pomp_core.save_prompt(prompt, epoch_prompt_path(run, e), epoch=e)
+    path = export_prompt.main(["--run", str(run), "--out", str(tmp_path / "rel"), "--dtype", "fp32"])
+    folder = tmp_path / "rel" / "prompt_learner"
+    assert path == folder / "model.pth.tar-5"
+    assert sorted(p.name for p in folder.iterdir()) == ["checkpoint", "model.pth.tar-2", "model.pth.tar-5"]
+    for e in (2, 5):
+        epoch, ctx = release_file(folder / f"model.pth.tar-{e}")
+        assert epoch == e and ctx.dtype == torch.float32 and torch.equal(ctx, prompts[e].ctx.detach())
+    assert root_messages(caplog, logging.WARNING) == [
+        f"{run} has no prompt_best.pth (it ran without validation): no model-best.pth.tar"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty holds no prompts/epoch_<e>\.pth: pass a tools/pretrain\.py"):
+        export_prompt.main(["--run", str(tmp_path / "empty"), "--out", str(tmp_path / "rel2")])

@@ -49,19 +49,24 @@ def segmentor(tiny_clip, drop=(), init=True, **kwargs):
     return model.eval()
 
 
-def hand_scores(model, image, p_mf, logits, region_embeds, lam, threshold, seen):
+def hand_scores(model, image, p_mf, logits, region_embeds, lam, threshold, seen, hw=None, temperature=None,
+                min_crop_size=None):
     """ZSSeg's test score by hand for one image: crops of the masks whose sigmoid exceeds the
     threshold, CLIP probabilities (1 for an empty mask), the geometric ensemble, the sum over
-    queries of probability x sigmoid(mask)."""
-    masks = logits.sigmoid() > threshold
+    queries of probability x sigmoid(mask). ``hw``: the image inside a padded ``image`` (crops
+    from it only); ``temperature`` / ``min_crop_size``: given instead of the classifier's own."""
+    h, w = hw or logits.shape[-2:]
+    masks = logits[:, :h, :w].sigmoid() > threshold
     p_clip = torch.ones_like(p_mf)
     clf = model.crop_classifier
+    temperature = clf.temperature if temperature is None else temperature
+    min_crop_size = clf.min_crop_size if min_crop_size is None else min_crop_size
     for q in range(len(masks)):
         if masks[q].any():
-            crop = pomp_seg.crop_classifier.masked_crops(clf.to_clip(image), masks[q][None], clf.input_size,
-                                                         clf.min_crop_size)
+            crop = pomp_seg.crop_classifier.masked_crops(clf.to_clip(image[:, :h, :w]), masks[q][None],
+                                                         clf.input_size, min_crop_size)
             f = F.normalize(clf.visual(crop).float(), dim=-1)
-            p_clip[q] = (clf.temperature * f @ region_embeds.t()).softmax(-1)[0]
+            p_clip[q] = (temperature * f @ region_embeds.t()).softmax(-1)[0]
     ens = torch.where(seen, p_mf ** lam * p_clip ** (1 - lam), p_mf ** (1 - lam) * p_clip ** lam)
     return torch.einsum("qc,qhw->chw", ens, logits.sigmoid())
 
@@ -470,3 +475,96 @@ def test_text_encoder_size_mismatch_message(tiny_clip):
     with pytest.raises(ValueError, match=r"^text encoder sizes do not match the loaded CLIP \(given, CLIP's\): "
                                          r"\{'num_layers': \(5, 2\)\}; drop these keys"):
         build_encoder(tiny_clip, init_words="a", num_layers=5)
+
+
+# ------------------------------------------------------------------ segmentor: arguments, neck, metas
+def test_train_and_test_cfg_clip_temperature_and_min_crop_size_reach_the_model(tiny_clip):
+    model = segmentor(tiny_clip, train_cfg=dict(marker="train"), test_cfg=dict(mode="whole", marker="test"),
+                      clip_temperature=12.5, min_crop_size=7)
+    assert model.train_cfg == dict(marker="train") and model.test_cfg == dict(mode="whole", marker="test")
+    clf = model.crop_classifier
+    assert clf.temperature == 12.5 and clf.min_crop_size == 7
+    assert float(tiny_clip[0].logit_scale.exp()) != pytest.approx(12.5)  # not CLIP's own scale
+    # by value: masks smaller than 7 pixels, so the grown crops differ from the tight ones
+    logits = torch.full((1, 3, 16, 22), -4.0)
+    logits[0, 0, 2:4, 3:6] = 3.0
+    logits[0, 1, 10:13, 15:17] = 3.0
+    logits[0, 2, 5:15, 1:20] = 3.0
+    g = torch.Generator().manual_seed(10)
+    p_mf = torch.rand(1, 3, 20, generator=g).softmax(-1)
+    model.decode_head.proposals = lambda x, metas, shape: (p_mf, logits)
+    image = torch.randn(1, 3, 16, 22, generator=g)
+    out = model.encode_decode(image, [dict(img_shape=(16, 22))])[0]
+    embeds = model.text_encoder.class_embeddings(model.text_encoder.class_names)
+    want = hand_scores(model, image[0], p_mf[0], logits[0], embeds, 0.7, 0.5, model.is_seen(), temperature=12.5,
+                       min_crop_size=7)
+    torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-6)
+    tight = hand_scores(model, image[0], p_mf[0], logits[0], embeds, 0.7, 0.5, model.is_seen(), temperature=12.5,
+                        min_crop_size=0)
+    assert not torch.allclose(out, tight, rtol=1e-4, atol=1e-6)
+
+
+def test_a_neck_sits_between_the_backbone_and_the_head(tiny_clip):
+    neck = dict(type="FPN", in_channels=[16, 32, 64, 128], out_channels=24, num_outs=4)
+    model = segmentor(tiny_clip, neck=neck)
+    images = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(11))
+    with torch.no_grad():
+        feats = model.extract_feat(images)
+        levels = model.backbone(images)
+        want = model.neck(levels)
+    assert [f.shape[1] for f in levels] == [16, 32, 64, 128] and [f.shape[1] for f in feats] == [24] * 4
+    for got, expected in zip(feats, want, strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_without_a_preprocessor_crops_are_taken_as_clip_normalised(tiny_clip):
+    """The segmentor's default data_preprocessor (None: mmengine's BaseDataPreprocessor, no
+    normalisation): the crop classifier takes its input as CLIP-normalised already."""
+    model = segmentor(tiny_clip, init=False, drop=("data_preprocessor",))
+    assert type(model.data_preprocessor).__name__ == "BaseDataPreprocessor"
+    clf = model.crop_classifier
+    torch.testing.assert_close(clf.renorm_scale.flatten(), torch.ones(3))
+    torch.testing.assert_close(clf.renorm_shift.flatten(), torch.zeros(3))
+
+
+def test_encode_decode_takes_h_w_of_img_shape_or_the_input_and_keeps_double_precision(tiny_clip):
+    model = segmentor(tiny_clip, mask_threshold=0.55)
+    p_mf, logits, images = stub_proposals(model, 2, 4, 24, 40, seed=8)
+    p_mf, logits = p_mf.double(), logits.double()  # CLIP's probabilities (float32) join them as float64
+    model.decode_head.proposals = lambda x, metas, shape: (p_mf, logits)
+    # no img_shape: the whole input is the image; an (h, w, channels) img_shape: its h and w
+    out = model.encode_decode(images, [dict(), dict(img_shape=(20, 36, 3))])
+    assert out.dtype == torch.float64 and out.shape == (2, 20, 24, 40)
+    embeds = model.text_encoder.class_embeddings(model.text_encoder.class_names)
+    seen = model.is_seen()
+    for b, hw in enumerate([(24, 40), (20, 36)]):
+        want = hand_scores(model, images[b], p_mf[b], logits[b], embeds, 0.7, 0.55, seen, hw=hw)
+        torch.testing.assert_close(out[b], want, rtol=1e-4, atol=1e-6)
+
+
+def test_without_samples_the_whole_input_is_each_image_even_for_a_head_that_masks_padding(tiny_clip):
+    model = segmentor(tiny_clip)
+    model.decode_head.padding_mask = "test"  # mmseg's: at test time the decoder masks by each img_shape
+    images = torch.randn(4, 3, 32, 48, generator=torch.Generator().manual_seed(12))  # more images than channels
+    with torch.no_grad():
+        predicted = model.predict(images)
+        tensor = model._forward(images)
+        embeds = model.text_encoder.class_embeddings(model.text_encoder.class_names)
+        model.decode_head.set_class_embeddings(embeds)
+        p_mf, logits = model.decode_head.proposals(model.backbone(images), [dict(img_shape=(32, 48))] * 4, (32, 48))
+    seen = model.is_seen()
+    assert len(predicted) == 4 and tensor.shape == (4, 20, 32, 48)
+    for b in range(4):
+        want = hand_scores(model, images[b], p_mf[b], logits[b], embeds, 0.7, 0.5, seen)
+        torch.testing.assert_close(predicted[b].seg_logits.data, want, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(tensor[b], want, rtol=1e-4, atol=1e-6)
+
+
+def test_seen_labels_stay_on_the_device_of_the_labels(tiny_clip):
+    """The look-up table follows the labels to their device (here 'meta', a device other than
+    the CPU that needs no GPU); the values are those of the CPU test above."""
+    model = segmentor(tiny_clip, init=False)
+    sample = SegDataSample()
+    sample.gt_sem_seg = PixelData(data=torch.zeros(1, 2, 3, dtype=torch.uint8, device="meta"))
+    out = model._to_seen_labels([sample])[0].gt_sem_seg.data
+    assert out.device.type == "meta" and out.dtype == torch.uint8 and out.shape == (1, 2, 3)
