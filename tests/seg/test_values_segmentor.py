@@ -71,18 +71,26 @@ def hand_scores(model, image, p_mf, logits, region_embeds, lam, threshold, seen,
     return torch.einsum("qc,qhw->chw", ens, logits.sigmoid())
 
 
+def stub_proposals(model, b, q, h, w, seed, logits=None):
+    """The head's proposals replaced by seeded query probabilities and mask logits (random
+    ones unless ``logits`` is given); returns them with seeded images of the same size."""
+    g = torch.Generator().manual_seed(seed)
+    p_mf = torch.rand(b, q, 20, generator=g).softmax(-1)
+    if logits is None:
+        logits = torch.randn(b, q, h, w, generator=g) * 2
+    model.decode_head.proposals = lambda x, metas, shape: (p_mf, logits)
+    return p_mf, logits, torch.randn(b, 3, h, w, generator=g)
+
+
 def test_encode_decode_by_hand_near_the_threshold_on_two_images(tiny_clip):
     model = segmentor(tiny_clip, mask_threshold=0.6, ensemble_lambda=0.8)
-    g = torch.Generator().manual_seed(1)
-    p_mf = torch.rand(2, 4, 20, generator=g).softmax(-1)
     logits = torch.full((2, 4, 24, 40), -0.3)  # sigmoid 0.43 outside the masks
     logits[0, 0, 2:10, 3:30] = 0.45  # sigmoid 0.61: in the mask (a logit test at 0.6 says no)
     logits[0, 1, 12:20, 5:9] = 0.3  # sigmoid 0.57: below the threshold: an empty proposal
     logits[0, 2, 4:22, 20:38] = 2.0
     logits[1, 0, 0:5, 0:40] = 0.5
     logits[1, 3, 10:24, 11:13] = 3.0  # image 1's masks differ from image 0's
-    model.decode_head.proposals = lambda x, metas, shape: (p_mf, logits)
-    images = torch.randn(2, 3, 24, 40, generator=g)
+    p_mf, logits, images = stub_proposals(model, 2, 4, 24, 40, seed=1, logits=logits)
     out = model.encode_decode(images, [dict(img_shape=(24, 40))] * 2)
     embeds = model.text_encoder.class_embeddings(model.text_encoder.class_names)
     seen = model.is_seen()
@@ -101,11 +109,7 @@ def test_unseen_everywhere_without_seen_flags_and_the_region_prompt(tiny_clip):
     model = segmentor(tiny_clip, ensemble_seen=False, region_text_encoder=region, ensemble_lambda=0.7)
     assert not model.is_seen().any()
     assert model.region_text_encoder.class_names == model.text_encoder.class_names
-    g = torch.Generator().manual_seed(2)
-    p_mf = torch.rand(1, 3, 20, generator=g).softmax(-1)
-    logits = torch.randn(1, 3, 16, 22, generator=g) * 2
-    model.decode_head.proposals = lambda x, metas, shape: (p_mf, logits)
-    image = torch.randn(1, 3, 16, 22, generator=g)
+    p_mf, logits, image = stub_proposals(model, 1, 3, 16, 22, seed=2)
     out = model.encode_decode(image, [dict(img_shape=(16, 22))])[0]
     region_embeds = model.region_text_encoder.class_embeddings(model.text_encoder.class_names)
     own = model.text_encoder.class_embeddings(model.text_encoder.class_names)
@@ -266,14 +270,6 @@ def test_proposal_head_loss_sets_the_padded_shape_and_passes_train_cfg(monkeypat
     assert seen["shapes"] == [(32, 48), (24, 40)] and seen["cfg"] is cfg
 
 
-def stub_proposals(model, b, q, h, w, seed):
-    g = torch.Generator().manual_seed(seed)
-    p_mf = torch.rand(b, q, 20, generator=g).softmax(-1)
-    logits = torch.randn(b, q, h, w, generator=g) * 2
-    model.decode_head.proposals = lambda x, metas, shape: (p_mf, logits)
-    return p_mf, logits, torch.randn(b, 3, h, w, generator=g)
-
-
 def test_predict_crops_to_the_image_before_the_crops_and_the_padding_after(tiny_clip):
     model = segmentor(tiny_clip, mask_threshold=0.55)
     p_mf, logits, images = stub_proposals(model, 2, 4, 24, 40, seed=5)
@@ -337,10 +333,7 @@ def test_defaults_threshold_at_one_half_on_probabilities_and_lambda_point_seven(
     logits[0, 0, 2:6, 3:11] = 0.0  # sigmoid exactly 0.5: not above the threshold, an empty proposal
     logits[0, 1, 5:11, 1:7] = 0.01  # just above it
     logits[0, 2, 0:12, 12:18] = 3.0
-    g = torch.Generator().manual_seed(6)
-    p_mf = torch.rand(1, 3, 20, generator=g).softmax(-1)
-    model.decode_head.proposals = lambda x, metas, shape: (p_mf, logits)
-    image = torch.randn(1, 3, 12, 18, generator=g)
+    p_mf, logits, image = stub_proposals(model, 1, 3, 12, 18, seed=6, logits=logits)
     out = model.encode_decode(image, [dict(img_shape=(12, 18))])[0]
     embeds = model.text_encoder.class_embeddings(model.text_encoder.class_names)
     want = hand_scores(model, image[0], p_mf[0], logits[0], embeds, 0.7, 0.5, model.is_seen())
@@ -490,10 +483,7 @@ def test_train_and_test_cfg_clip_temperature_and_min_crop_size_reach_the_model(t
     logits[0, 0, 2:4, 3:6] = 3.0
     logits[0, 1, 10:13, 15:17] = 3.0
     logits[0, 2, 5:15, 1:20] = 3.0
-    g = torch.Generator().manual_seed(10)
-    p_mf = torch.rand(1, 3, 20, generator=g).softmax(-1)
-    model.decode_head.proposals = lambda x, metas, shape: (p_mf, logits)
-    image = torch.randn(1, 3, 16, 22, generator=g)
+    p_mf, logits, image = stub_proposals(model, 1, 3, 16, 22, seed=10, logits=logits)
     out = model.encode_decode(image, [dict(img_shape=(16, 22))])[0]
     embeds = model.text_encoder.class_embeddings(model.text_encoder.class_names)
     want = hand_scores(model, image[0], p_mf[0], logits[0], embeds, 0.7, 0.5, model.is_seen(), temperature=12.5,
