@@ -25,7 +25,9 @@ cpu, FP16 False (Detic autocasts the backbone in training only, and only on CUDA
   the custom vocabulary; the losses of the two training batches under fixed torch seeds
   (CenterNet, federated sigmoid CE with the classes drawn from that seed, box regression, mask,
   the max-size image-label loss per stage) and, with Detic's ``BoxSup-C2_Lbase_CLIP_R5021k_640b64_4x`` (the first stage: box labels
-  only) on the same weights, the losses of the box batch (``boxsup_box``);
+  only) on the same weights, the losses of the box batch (``boxsup_box``); for each loss run,
+  the training proposals the ROI heads were given (``train_proposals``: per image boxes and
+  objectness), which the test replays into pomp_det's ROI heads (``run_losses``' ``replay``);
 - ``meta.json``: the architecture, the config overrides and the seeds.
 
 Run it by hand where checkouts of facebookresearch/Detic and of xingyizhou/CenterNet2 at the
@@ -55,7 +57,7 @@ import os
 import sys
 import types
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -257,15 +259,38 @@ def run_inference(model, inputs) -> Dict[str, torch.Tensor]:
     return out
 
 
-def run_losses(model, batch, seed: int) -> Dict[str, float]:
+def run_losses(model, batch, seed: int, replay: Optional[Callable[[List], List]] = None
+               ) -> Tuple[Dict[str, float], List[Dict[str, torch.Tensor]]]:
+    """The training losses of ``batch`` under ``seed`` and the proposals the ROI heads trained on
+    (per image: boxes, the proposal generator's ``objectness_logits``). With ``replay``, the
+    proposal generator's output is replaced by ``replay(its proposals)`` (its own losses kept):
+    NMS over thousands of untrained, near-duplicate boxes keeps one more or one fewer where a
+    float32 IoU lies within rounding of the threshold, which CPUs with other vector kernels
+    round differently, and one proposal more reshuffles the ROI heads' random sampling."""
     from detectron2.utils.events import EventStorage
+
+    gen = model.proposal_generator
+    gen_forward = gen.forward
+    used: List[Dict[str, torch.Tensor]] = []
+
+    def proposals_hook(*a, **k):
+        props, gen_losses = gen_forward(*a, **k)
+        if replay is not None:
+            props = replay(props)
+        used.extend({"boxes": p.proposal_boxes.tensor.detach().clone(),
+                     "objectness_logits": p.objectness_logits.detach().clone()} for p in props)
+        return props, gen_losses
 
     model.train()
     torch.manual_seed(seed)
-    with EventStorage(0):
-        losses = model(batch)
-    model.eval()
-    return {k: float(v) for k, v in losses.items()}
+    gen.forward = proposals_hook
+    try:
+        with EventStorage(0):
+            losses = model(batch)
+    finally:
+        gen.forward = gen_forward
+        model.eval()
+    return {k: float(v) for k, v in losses.items()}, used
 
 
 def main(argv=None) -> None:
@@ -312,18 +337,21 @@ def main(argv=None) -> None:
 
     inputs = test_inputs(cfg, out)
     outputs = run_inference(model, inputs)
-    losses = {kind: run_losses(model, load_batch(spec, out), LOSS_SEEDS[kind]) for kind, spec in batches.items()}
+    losses, train_proposals = {}, {}
+    for kind, spec in batches.items():
+        losses[kind], train_proposals[kind] = run_losses(model, load_batch(spec, out), LOSS_SEEDS[kind])
     # the BoxSup stage's model (no image labels) on the same weights: the box batch's losses
     boxsup = build_model(detic_cfg(root, out, BOXSUP_CONFIG))
     boxsup.load_state_dict(model.state_dict())
-    losses["boxsup_box"] = run_losses(boxsup.eval(), load_batch(batches["box"], out), LOSS_SEEDS["box"])
+    losses["boxsup_box"], train_proposals["boxsup_box"] = run_losses(
+        boxsup.eval(), load_batch(batches["box"], out), LOSS_SEEDS["box"])
     # Detic's demo with a custom vocabulary: reset_cls_test, the same detector, other classes
     reset_cls_test(model, str(out / "custom_vocabulary.npy"), 3)
     custom = run_inference(model, inputs)
     outputs.update({f"custom.{k}": v for k, v in custom.items() if k.split(".")[1] in ("scores", "classes", "boxes")})
     # clones: a view would save its whole storage
     outputs = {k: v.detach().clone() for k, v in outputs.items()}
-    torch.save({"outputs": outputs, "losses": losses}, out / "detic_outputs.pt")
+    torch.save({"outputs": outputs, "losses": losses, "train_proposals": train_proposals}, out / "detic_outputs.pt")
     meta = {"source": "facebookresearch/Detic " + CONFIG + " with xingyizhou/CenterNet2 8745e01, detectron2 0.6, CPU",
             "written_by": "tests/golden/make_detic_golden.py", "arch": ARCH, "width_opts": WIDTH_OPTS,
             "num_classes": NUM_CLASSES, "embed_dim": EMBED_DIM, "seed": SEED, "loss_seeds": LOSS_SEEDS,
