@@ -3,7 +3,7 @@ pomp_det/detic_keys.py against its documented value and its one-line reason (wri
 from Detic's defaults.py and docs/detection.md, never read from the module), and the checkpoint
 converter's key map, reasons, messages and command line (pomp_det/detic_checkpoint.py).
 tests/det/test_values_det_data.py holds the aliases and the first cases of both."""
-import re
+import io
 from pathlib import Path
 
 import pytest
@@ -290,6 +290,20 @@ def test_read_checkpoint_messages_in_full(tmp_path):
         read_checkpoint(str(junk))
     assert str(e.value) == f"{junk}: not a plain tensor checkpoint ({e.value.__cause__})"
     assert e.value.__cause__ is not None
+
+
+def test_read_checkpoint_maps_another_devices_tensors_to_the_cpu(tmp_path):
+    """Detic's released checkpoints were saved from GPUs. Here a tensor is tagged with another
+    device: torch's legacy format, its one location tag rewritten from cpu to mps (same length)."""
+    from pomp_det.detic_checkpoint import read_checkpoint
+
+    buf = io.BytesIO()
+    torch.save({"model": {"a": torch.arange(3.0)}}, buf, _use_new_zipfile_serialization=False)
+    tag = b"X\x03\x00\x00\x00cpu"  # pickle's BINUNICODE "cpu"
+    assert buf.getvalue().count(tag) == 1
+    (tmp_path / "gpu.pth").write_bytes(buf.getvalue().replace(tag, b"X\x03\x00\x00\x00mps"))
+    got = read_checkpoint(str(tmp_path / "gpu.pth"))
+    assert got["a"].device == torch.device("cpu") and got["a"].tolist() == [0.0, 1.0, 2.0]
 
 
 class _NotATensor:
