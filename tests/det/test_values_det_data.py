@@ -809,11 +809,11 @@ def test_cat_info_main_help_and_missing_source_in_full(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cc.main(["--help"])
     assert e.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())
+    text = f" {' '.join(capsys.readouterr().out.split())} "
     for part in ("write Detic's category-info file (federated-loss weights)",
                  "src the full training json, e.g. datasets/lvis/lvis_v1_train.json",
                  "--out OUT default: <src>_cat_info.json next to it (Detic's name)"):
-        assert part in text, part
+        assert f" {part} " in text, part  # whole words: a prefix or suffix glued on fails
     src = tmp_path / "missing.json"
     with pytest.raises(FileNotFoundError) as e:
         cc.main([str(src)])

@@ -413,7 +413,7 @@ def test_detic_checkpoint_main_help_says_what_each_argument_is(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
-    text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal's width
+    text = f" {' '.join(capsys.readouterr().out.split())} "  # argparse wraps to the terminal's width
     for part in ("Released Detic checkpoints in pomp_det: the key map from Detic's CenterNet2 model",
                  "with a report of what was mapped, set aside and left over.",
                  "checkpoint a released Detic .pth (CenterNet2, R50 / timm)",
@@ -421,5 +421,5 @@ def test_detic_checkpoint_main_help_says_what_each_argument_is(capsys):
                  "--out OUT detectron2 checkpoint for MODEL.WEIGHTS",
                  "--embeddings-out EMBEDDINGS_OUT write Detic's class embeddings [C, D] here (.npy)",
                  "--config-file CONFIG_FILE"):
-        assert part in text, part
+        assert f" {part} " in text, part  # whole words: a prefix or suffix glued on fails
     assert "python -m pomp_det.detic_checkpoint" not in text  # the description is the first paragraph only
