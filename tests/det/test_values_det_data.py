@@ -764,7 +764,7 @@ def test_detic_checkpoint_main_writes_the_model_and_the_embeddings(tmp_path, cap
         main([str(tmp_path / "detic.pth"), "--config-file", str(config)])
 
 
-# ------------------------------------------------------------------ category counts: the builtin LVIS v1 numbers, the command
+# ------------------------------------------------------------------ category counts: builtin LVIS v1 numbers, command
 def test_builtin_counts_are_lvis_v1s_by_their_frequency_groups():
     counts = cc.cat_info_counts("", 1203)  # LVIS v1's 1,203 classes, rare included
     assert counts[:3].tolist() == [64.0, 364.0, 1911.0]  # aerosol can, air conditioner, airplane

@@ -224,7 +224,10 @@ def test_flatten_joins_nested_keys_with_dots_at_any_depth():
     ("roi_heads.box_predictor.0.freq_weights", "roi_heads.box_predictor.0.freq_weights"),
     ("roi_heads.box_predictor.0.cls_score.zs_weight_t", "roi_heads.box_predictor.0.cls_score.zs_weight_t"),
     ("roi_heads.box_predictor.freq_weight", "roi_heads.box_predictor.freq_weight"),
-    ("roi_heads.box_predictor.0.cls_scoreXzs_weight", "roi_heads.box_predictor.0.cls_scoreXzs_weight"),  # dots are dots
+    # the patterns' dots are dots, not any character
+    ("roi_heads.box_predictor.0.cls_scoreXzs_weight", "roi_heads.box_predictor.0.cls_scoreXzs_weight"),
+    ("backbone.bottom_up.base_fc.weight", "backbone.bottom_up.base_fc.weight"),
+    ("roi_heads.box_predictor_1.freq_weight", "roi_heads.box_predictor_1.freq_weight"),
     # the cls_bias rename: at the end of a cascade stage's cls_score only
     ("roi_heads.box_predictor.12.cls_score.cls_bias", "roi_heads.box_predictor.12.cls_score.bias"),
     ("roi_heads.box_predictor.cls_score.cls_bias", "roi_heads.box_predictor.cls_score.cls_bias"),
