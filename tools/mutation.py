@@ -43,8 +43,9 @@ COVERING: Dict[str, List[str]] = {
     "pomp_det/centernet/losses.py": ["tests/det/test_values_centernet.py",
                                      "tests/det/test_centernet.py::test_heatmap_focal_loss_on_a_tiny_target",
                                      "tests/det/test_centernet.py::test_giou_loss_on_ltrb_distances"],
-    "pomp_det/detic_checkpoint.py": ["tests/det/test_values_det_data.py"],
-    "pomp_det/detic_keys.py": ["tests/det/test_values_det_data.py"],
+    "pomp_det/detic_checkpoint.py": ["tests/det/test_values_det_data.py", "tests/det/test_values_detic.py"],
+    "pomp_det/detic_keys.py": ["tests/det/test_values_det_data.py", "tests/det/test_values_detic.py",
+                               "tests/det/test_detic_configs.py"],
     "pomp_det/data/category_counts.py": ["tests/det/test_values_det_data.py"],
     "pomp_det/data/multi_dataset.py": ["tests/det/test_values_det_data.py", "tests/det/test_data.py"],
     "pomp_seg/metric.py": ["tests/seg/test_values_seg_metric.py"]

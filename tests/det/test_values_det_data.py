@@ -3,6 +3,7 @@ their documented targets), the Detic checkpoint key map, the federated weights (
 class, not boxes), the multi-dataset sampler's weights and repeat factors (Detic's
 custom_dataset_dataloader.py formulas) and the per-dataset batches."""
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -20,6 +21,21 @@ from pomp_det.data.multi_dataset import (GroupedByDataset, MultiDatasetSampler, 
                                          repeat_factors_from_image_labels)
 from pomp_det.detic_checkpoint import EMBEDDINGS_KEY, detic_embeddings, map_keys, our_key  # noqa: E402
 from pomp_det.detic_keys import ALIASES, FIXED, flatten, translate  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _global_rng_kept():
+    """Building a model, iterating a loader (its base seed) and detectron2's augmentations draw
+    from the global generators: the tests after these on the same worker see them unchanged."""
+    import random
+
+    import numpy as np
+
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    yield
+    torch.set_rng_state(states[0])
+    np.random.set_state(states[1])
+    random.setstate(states[2])
 
 # ------------------------------------------------------------------ Detic config keys
 # Detic's key, a value, and what pomp_det's config must hold (written from Detic's
@@ -250,8 +266,6 @@ def test_sampler_weights_are_detics_formula_with_repeat_factors():
 
 def test_sampler_ranks_take_interleaved_slices_of_one_stream(monkeypatch):
     from detectron2.utils import comm
-
-    import itertools
 
     full = list(itertools.islice(iter(MultiDatasetSampler([4, 6], [1, 1], seed=3)), 30))
     monkeypatch.setattr(comm, "get_world_size", lambda: 3)
@@ -763,3 +777,131 @@ def test_detic_checkpoint_main_writes_the_model_and_the_embeddings(tmp_path, cap
               "MODEL.ROI_BOX_HEAD.FC_DIM", "128"])
     with pytest.raises(SystemExit):  # --out is required
         main([str(tmp_path / "detic.pth"), "--config-file", str(config)])
+
+
+# ------------------------------------------------------------------ category counts: builtin LVIS v1 numbers, command
+def test_builtin_counts_are_lvis_v1s_by_their_frequency_groups():
+    counts = cc.cat_info_counts("", 1203)  # LVIS v1's 1,203 classes, rare included
+    assert counts[:3].tolist() == [64.0, 364.0, 1911.0]  # aerosol can, air conditioner, airplane
+    # LVIS v1 groups its classes by training images: 337 rare (1-10), 461 common (11-100), 405 frequent
+    groups = [int((counts <= 10).sum()), int(((counts > 10) & (counts <= 100)).sum()), int((counts > 100).sum())]
+    assert groups == [337, 461, 405] and counts.min() == 1
+    with pytest.raises(FileNotFoundError) as e:  # one class short of LVIS v1: no stand-in
+        cc.cat_info_counts("", 1202)
+    assert "category-info file '' (MODEL.POMP.CAT_FREQ_PATH) does not exist and the vocabulary (1202 classes)" in str(
+        e.value)
+
+
+def test_a_cat_info_file_wins_over_the_builtin_counts_for_lvis_v1(tmp_path):
+    path = tmp_path / "info.json"
+    atomic_write_json(path, [{"id": i + 1, "image_count": (i * 7) % 5} for i in range(1203)])
+    counts = cc.cat_info_counts(str(path), 1203)
+    assert counts.tolist() == [float((i * 7) % 5) for i in range(1203)]
+    atomic_write_json(path, [{"id": 1, "image_count": 2}])
+    with pytest.raises(ValueError) as e:  # a file of another vocabulary is refused, not replaced by the builtin
+        cc.cat_info_counts(str(path), 1203)
+    assert str(e.value) == (f"category-info file '{path}' has 1 categories but the classifier has 1203: "
+                            "MODEL.ROI_HEADS.NUM_CLASSES must match it")
+
+
+def test_federated_weight_from_a_cat_info_file_logs_the_drawable_classes(tmp_path):
+    path = tmp_path / "info.json"
+    atomic_write_json(path, [{"id": i, "image_count": n} for i, n in enumerate([8, 0, 27, 0, 1])])
+    cfg = get_pomp_cfg()
+    cfg.MODEL.POMP.FED_LOSS_WEIGHTS, cfg.MODEL.POMP.CAT_FREQ_PATH = "cat_info", str(path)
+    cfg.MODEL.POMP.FED_LOSS_FREQ_WEIGHT = 1 / 3
+    with logged(cc.__name__) as messages:
+        got = cc.federated_class_weight(cfg, 5)
+    torch.testing.assert_close(got, torch.tensor([2.0, 0.0, 3.0, 0.0, 1.0]))
+    assert messages == ["federated loss: 3 of 5 classes can be drawn"]
+    cfg.MODEL.POMP.FED_LOSS_WEIGHTS = "Cat_Info"  # the source names are exact
+    with pytest.raises(ValueError) as e:
+        cc.federated_class_weight(cfg, 5)
+    assert str(e.value) == "MODEL.POMP.FED_LOSS_WEIGHTS is 'Cat_Info': use cat_info or train_boxes"
+
+
+def test_cat_info_main_help_and_missing_source_in_full(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cc.main(["--help"])
+    assert e.value.code == 0
+    text = f" {' '.join(capsys.readouterr().out.split())} "
+    for part in ("write Detic's category-info file (federated-loss weights)",
+                 "src the full training json, e.g. datasets/lvis/lvis_v1_train.json",
+                 "--out OUT default: <src>_cat_info.json next to it (Detic's name)"):
+        assert f" {part} " in text, part  # whole words: a prefix or suffix glued on fails
+    src = tmp_path / "missing.json"
+    with pytest.raises(FileNotFoundError) as e:
+        cc.main([str(src)])
+    assert str(e.value) == f"'{src}' does not exist (the LVIS training json, see docs/detection.md)"
+
+
+# ------------------------------------------------------------------ multi-dataset: the sampler's stream and messages
+def test_sampler_stream_is_torch_multinomial_by_hand_from_the_seed():
+    """Rounds of len(weights) draws with replacement from one generator seeded once: the same
+    numbers whatever the process, so the ranks' interleaved slices never overlap."""
+    s = MultiDatasetSampler([2, 3], [3.0, 1.0], seed=11)
+    assert s.seed == 11 and MultiDatasetSampler([2, 3], [3.0, 1.0]).seed == 0  # seed 0 by default
+    w = torch.tensor([3 / 2 * 3 / 4] * 2 + [3 / 3 * 1 / 4] * 3)
+    torch.testing.assert_close(s.weights, w)
+    g = torch.Generator().manual_seed(11)
+    want = [i for _ in range(4) for i in torch.multinomial(w, 5, replacement=True, generator=g).tolist()]
+    assert list(itertools.islice(iter(s), 20)) == want
+    g = torch.Generator().manual_seed(0)
+    default = MultiDatasetSampler([2, 3], [3.0, 1.0])
+    assert list(itertools.islice(iter(default), 5)) == torch.multinomial(w, 5, replacement=True, generator=g).tolist()
+
+
+def test_sampler_repeat_factors_of_the_second_dataset_only_and_seed_as_int():
+    rf = torch.tensor([2.0, 1.0, 1.0, 4.0])
+    s = MultiDatasetSampler(sizes=[1, 4], ratios=[1, 1], seed=5.0, repeat_factors=[None, rf])
+    # the second dataset: 4 / 4 x 1 / 2, x rf / mean(rf) (mean 2); the first: 4 / 1 x 1 / 2
+    torch.testing.assert_close(s.weights, torch.tensor([2.0, 0.5, 0.25, 0.25, 1.0]))
+    assert type(s.seed) is int and s.seed == 5
+
+
+def test_sampler_messages_in_full():
+    with pytest.raises(ValueError) as e:
+        MultiDatasetSampler(sizes=[5, 20, 3], ratios=[1, 2])
+    assert str(e.value) == "3 datasets but 2 ratios (DATALOADER.DATASET_RATIO)"
+    with pytest.raises(ValueError) as e:
+        MultiDatasetSampler(sizes=[1, 0], ratios=[1, 1])
+    assert str(e.value) == "a training dataset is empty (sizes [1, 0])"
+    MultiDatasetSampler(sizes=[1, 1], ratios=[1, 1])  # one item each is a dataset
+
+
+def test_repeat_factors_of_one_image_labelled_dataset_with_a_class_in_every_image():
+    # t = 0.25: class 0 in 4 / 4 images -> 1; class 3 in 1 / 4 -> max(1, sqrt(1)) = 1; class 5 in 2 / 4 -> 1
+    dicts = [{"pos_category_ids": [0, 3]}, {"pos_category_ids": [0]}, {"pos_category_ids": [0, 5]},
+             {"pos_category_ids": [5, 0]}]
+    assert repeat_factors_from_image_labels(dicts, 0.25).tolist() == [1.0, 1.0, 1.0, 1.0]
+    # t = 1.0: class 3 -> sqrt(4) = 2, class 5 -> sqrt(2), class 0 -> 1; the largest of each image's
+    torch.testing.assert_close(repeat_factors_from_image_labels(dicts, 1.0),
+                               torch.tensor([2.0, 1.0, math.sqrt(2.0), math.sqrt(2.0)]))
+
+
+def test_dataset_augmentations_message_in_full():
+    from pomp_det.data.multi_dataset import dataset_augmentations
+
+    cfg = get_pomp_cfg()
+    cfg.INPUT.DATASET_AUG = "Resize_Scale_Crop"
+    with pytest.raises(ValueError) as e:
+        dataset_augmentations(cfg, 0)
+    assert str(e.value) == ("INPUT.DATASET_AUG is 'Resize_Scale_Crop': use resize_scale_crop (Detic's) or "
+                            "resize_shortest_edge")
+
+
+def test_multi_dataset_loader_workers_collation_and_seeding(tmp_path):
+    """The DataLoader yields one mapped dict at a time (no collation: GroupedByDataset batches),
+    with the configured workers, each reseeded as detectron2's loaders are."""
+    from detectron2.data.build import worker_init_reset_seed
+
+    from pomp_det.data.multi_dataset import build_multi_dataset_train_loader
+
+    cfg = _loader_cfg(tmp_path)
+    cfg.DATALOADER.NUM_WORKERS, cfg.SEED = 2, 7
+    inner = build_multi_dataset_train_loader(cfg).items  # not iterated: no worker starts
+    assert inner.num_workers == 2 and inner.worker_init_fn is worker_init_reset_seed
+    assert inner.collate_fn([{"a": 1}, {"b": 2}]) == {"a": 1} and inner.sampler.seed == 7
+    cfg.DATALOADER.NUM_WORKERS = 0
+    d = next(iter(build_multi_dataset_train_loader(cfg).items))
+    assert type(d) is dict and type(d["dataset_source"]) is int and d["image"].dim() == 3
