@@ -306,3 +306,72 @@ def test_prompt_width_message_names_the_model_the_prompt_was_made_for(tiny_clip)
         with pytest.raises(ValueError) as err:
             enc(PromptLearner(n_ctx=4, width=512, model_name=model_name), ["cat"])
         assert str(err.value) == f"prompt width 512 does not match the text tower width 64: {advice}({said})."
+
+
+def test_a_tokenizer_without_open_clips_interface_is_refused(tiny_clip):
+    from types import SimpleNamespace
+
+    model, tokenizer, _ = tiny_clip
+    parts = {"encode": tokenizer.encode, "sot_token_id": tokenizer.sot_token_id, "eot_token_id": tokenizer.eot_token_id}
+    for missing in parts:
+        fake = SimpleNamespace(**{k: v for k, v in parts.items() if k != missing})
+        with pytest.raises(TypeError) as err:
+            PromptedTextEncoder(model, fake)
+        assert str(err.value) == (f"SimpleNamespace is not an open_clip SimpleTokenizer (no '{missing}'); "
+                                  "pass open_clip.get_tokenizer(model_name)")
+    enc = PromptedTextEncoder(model, SimpleNamespace(**parts))  # the three are all it needs
+    assert enc.placeholder_id == tokenizer.encode("X")[0] and enc.dot_ids == tokenizer.encode(".")
+    assert enc.truncate_names is False and enc.min_group_rows == 16
+
+
+def test_sos_and_a_shared_context_are_computed_once_and_groups_hold_sixteen_rows(tiny_clip, monkeypatch):
+    """What the encoder hands pomp_core.length_aware: the positions every row shares (SOS, and the
+    context slots before the name unless the context is class-specific) and the group size."""
+    import pomp_core.text_encoder as te
+
+    model, tokenizer, _ = tiny_clip
+    calls = []
+    real = te.encode_causal
+
+    def spy(tower, x, eot, shared, min_rows):
+        calls.append((shared, min_rows))
+        return real(tower, x, eot, shared, min_rows)
+
+    monkeypatch.setattr(te, "encode_causal", spy)
+    enc = PromptedTextEncoder(model, tokenizer)
+    names = ["cat", "hot_air_balloon", "tv"]
+    with torch.no_grad():
+        enc(PromptLearner(n_ctx=4, width=64), names)  # end: SOS + 4 slots
+        enc(PromptLearner(n_ctx=5, width=64, position="middle"), names)  # SOS + 2 slots
+        enc(PromptLearner(n_ctx=4, width=64, class_specific=True, n_classes=3), names)  # SOS only
+        enc.encode_ids(tokenizer(["a cat", "a tv"]))  # SOS and "a"
+    assert calls == [(5, 16), (3, 16), (1, 16), (2, 16)]
+
+
+@pytest.mark.parametrize("position", ["middle", "front"])
+def test_a_name_token_with_the_placeholders_id_is_no_context_slot(tiny_clip, position):
+    """"malcolm x": its "x" has the placeholder's id where "malcolm" has a context slot; the
+    length-aware features must still equal the plain ones."""
+    model, tokenizer, _ = tiny_clip
+    torch.manual_seed(2)
+    prompt = PromptLearner(n_ctx=4, width=64, position=position, init_std=0.5)
+    enc = PromptedTextEncoder(model, tokenizer)
+    names = ["malcolm", "malcolm x"]
+    with torch.no_grad():
+        torch.testing.assert_close(enc(prompt, names), enc(prompt, names, truncate=False), atol=1e-5, rtol=0)
+
+
+def test_a_bfloat16_tower_gets_the_context_in_its_own_dtype():
+    import pomp_core
+
+    torch.manual_seed(3)
+    model, tokenizer, _ = pomp_core.load_clip("pomp-tiny")
+    prompt = PromptLearner(n_ctx=4, width=64, init_std=0.3)  # float32, as trained
+    enc = PromptedTextEncoder(model, tokenizer)
+    with torch.no_grad():
+        ref = enc(prompt, NAMES)
+        model.to(torch.bfloat16)
+        got = enc(prompt, NAMES)
+        ids = enc.encode_ids(tokenizer(NAMES))
+    assert got.dtype == torch.bfloat16 and ids.dtype == torch.bfloat16
+    assert ((got.float() - ref).norm(dim=1) / ref.norm(dim=1)).max() < 0.05
