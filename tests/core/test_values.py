@@ -813,3 +813,20 @@ def test_kill_point_flushes_the_logs_before_the_kill(monkeypatch):
     assert events == []
     durable.kill_point("save", 2)
     assert events == ["logs flushed", ("kill", os.getpid(), signal.SIGKILL)]
+
+
+def test_prompted_names_are_batched_by_token_length(tiny_clip, monkeypatch):
+    """Batches of similar length (each is cut after its longest name), each with its class rows."""
+    model, tokenizer, _ = tiny_clip
+    batches = []
+    real = PromptedTextEncoder.__call__
+
+    def spy(self, prompt, names, class_ids=None, truncate=True):
+        batches.append((list(names), class_ids.tolist()))
+        return real(self, prompt, names, class_ids=class_ids, truncate=truncate)
+
+    monkeypatch.setattr(PromptedTextEncoder, "__call__", spy)
+    class_embeddings(model, tokenizer, PromptLearner(n_ctx=2, width=64), NAMES, batch_size=2)
+    # name tokens: fish 7, cat 1, hot air balloon 3, tv 1, bus 4; equal lengths keep vocabulary order
+    assert batches == [(["cat", "tv"], [1, 3]), (["hot_air_balloon", "red double decker bus"], [2, 4]),
+                       (["a rather long kind of tropical fish"], [0])]

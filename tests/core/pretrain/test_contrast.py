@@ -164,3 +164,13 @@ def test_logits_keep_the_features_dtype_and_scale_by_hand():
     loss = local_contrast_loss(want)
     hand = -torch.log_softmax(want, dim=1)[:, 0].mean()
     assert loss.item() == pytest.approx(hand.item(), abs=1e-6)
+
+
+def test_logits_and_loss_follow_the_features_device():
+    """The batch is laid out on the CPU; the features live on the accelerator (here the meta
+    device, which mixes with CPU tensors no more than CUDA does): margins and targets must follow."""
+    b = build_contrast_batch(torch.tensor([2, 0]), torch.tensor([1, 2]), 6)
+    img, txt = torch.randn(2, 3, device="meta"), torch.randn(3, 3, device="meta")
+    logits = local_contrast_logits(img, txt, b, 10.0)
+    assert logits.device.type == "meta" and logits.shape == (2, 3)
+    assert local_contrast_loss(logits).device.type == "meta"
