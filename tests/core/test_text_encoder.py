@@ -419,8 +419,9 @@ def test_a_name_that_merges_with_the_placeholders_is_named(tiny_clip):
     model, tokenizer, _ = tiny_clip
     enc = PromptedTextEncoder(model, MergingTokenizer(tokenizer))
     assert enc.prompt_tail("cat", 3) == tokenizer.encode("cat.")
-    ids = MergingTokenizer(tokenizer).encode("X X X @home.")
+    ids = MergingTokenizer(tokenizer).encode("X X X @big red home.")
+    assert len(ids) == 7  # x x x@ big red home . : the message shows the first M + 2
     with pytest.raises(ValueError) as err:
-        enc.prompt_tail("@home", 3)
-    assert str(err.value) == (f"class name '@home' merges with the context placeholders when tokenized "
+        enc.prompt_tail("@big red home", 3)
+    assert str(err.value) == (f"class name '@big red home' merges with the context placeholders when tokenized "
                               f"({ids[:5]}); strip its leading symbols")

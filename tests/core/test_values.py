@@ -1,7 +1,7 @@
 """pomp_core by value: class-specific contexts reach their own class whatever the length
-order, truncated names, the embedding export formats, the durable-file helpers, the
-pre-training proposal distributions and RandAugment2 against Dassl's own loop, and
-tools/export_prompt.py's defaults."""
+order, truncated names, template ensembles, batching and progress of class embeddings, the
+embedding export formats, the durable-file helpers, the pre-training proposal distributions
+and their registry, RandAugment2 against Dassl's own loop, and tools/export_prompt.py."""
 import json
 import logging
 import os
