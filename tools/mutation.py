@@ -94,6 +94,8 @@ COVERING: Dict[str, List[str]] = {
     "pomp_core/durable.py": ["tests/core/test_values.py"],
     "pomp_core/pretrain/proposals.py": ["tests/core/test_values.py"],
     "pomp_core/pretrain/augment.py": ["tests/core/test_values.py"],
+    "pomp_core/pretrain/contrast.py": ["tests/core/pretrain/test_contrast.py",
+                                       "tests/core/pretrain/test_train.py::test_k_equal_n_release_margin_and_ours"],
     "tools/export_prompt.py": ["tests/core/test_values.py", "tests/core/pretrain/test_release_checkpoints.py"],
 }
 STATUS = ("killed", "survived", "no tests", "timeout", "suspicious", "skipped", "segfault",

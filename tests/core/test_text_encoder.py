@@ -306,3 +306,122 @@ def test_prompt_width_message_names_the_model_the_prompt_was_made_for(tiny_clip)
         with pytest.raises(ValueError) as err:
             enc(PromptLearner(n_ctx=4, width=512, model_name=model_name), ["cat"])
         assert str(err.value) == f"prompt width 512 does not match the text tower width 64: {advice}({said})."
+
+
+def test_a_tokenizer_without_open_clips_interface_is_refused(tiny_clip):
+    from types import SimpleNamespace
+
+    model, tokenizer, _ = tiny_clip
+    parts = {"encode": tokenizer.encode, "sot_token_id": tokenizer.sot_token_id, "eot_token_id": tokenizer.eot_token_id}
+    for missing in parts:
+        fake = SimpleNamespace(**{k: v for k, v in parts.items() if k != missing})
+        with pytest.raises(TypeError) as err:
+            PromptedTextEncoder(model, fake)
+        assert str(err.value) == (f"SimpleNamespace is not an open_clip SimpleTokenizer (no '{missing}'); "
+                                  "pass open_clip.get_tokenizer(model_name)")
+    enc = PromptedTextEncoder(model, SimpleNamespace(**parts))  # the three are all it needs
+    assert enc.placeholder_id == tokenizer.encode("X")[0] and enc.dot_ids == tokenizer.encode(".")
+    assert enc.truncate_names is False and enc.min_group_rows == 16
+
+
+def test_rows_are_cut_after_the_longest_eot_with_sos_and_a_shared_context_computed_once(tiny_clip, monkeypatch):
+    """What the encoder hands pomp_core.length_aware: embeddings up to the batch's longest EOT,
+    the positions every row shares (SOS, and the context slots before the name unless the
+    context is class-specific) and the group size; truncate=False runs the plain computation."""
+    import pomp_core.text_encoder as te
+
+    model, tokenizer, _ = tiny_clip
+    calls = []
+    real = te.encode_causal
+
+    def spy(tower, x, eot, shared, min_rows):
+        calls.append((x.shape[1], int(eot.max()), shared, min_rows))
+        return real(tower, x, eot, shared, min_rows)
+
+    monkeypatch.setattr(te, "encode_causal", spy)
+    enc = PromptedTextEncoder(model, tokenizer)
+    names = ["cat", "hot_air_balloon", "tv"]  # 1, 3 and 1 name tokens
+    ids = tokenizer(["a cat", "a tv"])
+    with torch.no_grad():
+        enc(PromptLearner(n_ctx=4, width=64), names)  # SOS, 4 slots, hot air balloon, ".", EOT: 10
+        enc(PromptLearner(n_ctx=5, width=64, position="middle"), names)  # 11, sharing SOS + 2 slots
+        enc(PromptLearner(n_ctx=4, width=64, class_specific=True, n_classes=3), names)  # SOS only
+        enc.encode_ids(ids)  # SOS a cat EOT, sharing SOS and "a"
+        enc.forward_embeddings(model.token_embedding(ids), ids)  # length-aware by default, uncut ids
+        assert calls == [(10, 9, 5, 16), (11, 10, 3, 16), (10, 9, 1, 16), (4, 3, 2, 16), (77, 3, 2, 16)]
+        enc(PromptLearner(n_ctx=4, width=64), names, truncate=False)
+        enc.encode_ids(ids, truncate=False)
+        enc.forward_embeddings(model.token_embedding(ids), ids, truncate=False)
+    assert len(calls) == 5  # the plain computation: no length-aware encoding
+
+
+@pytest.mark.parametrize("position", ["middle", "front"])
+def test_a_name_token_with_the_placeholders_id_is_no_context_slot(tiny_clip, position):
+    """"malcolm x": its "x" has the placeholder's id where "malcolm" has a context slot; the
+    length-aware features must still equal the plain ones."""
+    model, tokenizer, _ = tiny_clip
+    torch.manual_seed(2)
+    prompt = PromptLearner(n_ctx=4, width=64, position=position, init_std=0.5)
+    enc = PromptedTextEncoder(model, tokenizer)
+    names = ["malcolm", "malcolm x"]
+    with torch.no_grad():
+        torch.testing.assert_close(enc(prompt, names), enc(prompt, names, truncate=False), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])  # float16 the same, but slow on CPUs
+def test_a_low_precision_tower_gets_the_context_and_token_embeddings_in_its_dtype(dtype):
+    """open_clip's fp16/bf16 precision (convert_weights_to_lp) lowers the blocks and the projection
+    but keeps the token and position embeddings in float32: the encoder casts them to the blocks'."""
+    import pomp_core
+    from open_clip.model import convert_weights_to_lp
+
+    torch.manual_seed(3)
+    model, tokenizer, _ = pomp_core.load_clip("pomp-tiny")
+    prompt = PromptLearner(n_ctx=4, width=64, init_std=0.3)  # float32, as trained
+    enc = PromptedTextEncoder(model, tokenizer)
+    ids = tokenizer(NAMES)
+    with torch.no_grad():
+        ref = [enc(prompt, NAMES), enc(prompt, NAMES, truncate=False), enc.encode_ids(ids)]
+        convert_weights_to_lp(model, dtype=dtype)
+        assert model.token_embedding.weight.dtype == torch.float32 and enc.cast_dtype == dtype
+        got = [enc(prompt, NAMES), enc(prompt, NAMES, truncate=False), enc.encode_ids(ids)]
+    for g, r in zip(got, ref):
+        assert g.dtype == dtype
+        assert ((g.float() - r).norm(dim=1) / r.norm(dim=1)).max() < 0.05
+
+
+@pytest.mark.parametrize("class_specific", [False, True])
+def test_ids_masks_and_context_follow_the_towers_device(class_specific):
+    """Token ids and masks are built on the CPU; a tower on another device (the meta device
+    here: no accelerator needed, and it mixes with CPU tensors no more than CUDA does) gets them
+    on its own device, with the prompt's context."""
+    import pomp_core
+
+    model, tokenizer, _ = pomp_core.load_clip("pomp-tiny")
+    model.to("meta")
+    prompt = PromptLearner(n_ctx=4, width=64, class_specific=class_specific, n_classes=len(NAMES))
+    out = PromptedTextEncoder(model, tokenizer)(prompt, NAMES, truncate=False)
+    assert out.device.type == "meta" and out.shape == (len(NAMES), 48)
+
+
+class MergingTokenizer(CountingTokenizer):
+    """A tokenizer whose BPE merges a leading "@" of a name into the placeholder before it."""
+
+    def encode(self, text):
+        ids = self.tokenizer.encode(text)
+        if " @" in text:
+            at = text.split().index(next(w for w in text.split() if w.startswith("@")))
+            ids[at - 1:at + 1] = [ids[at - 1] + 1]
+        return ids
+
+
+def test_a_name_that_merges_with_the_placeholders_is_named(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    enc = PromptedTextEncoder(model, MergingTokenizer(tokenizer))
+    assert enc.prompt_tail("cat", 3) == tokenizer.encode("cat.")
+    ids = MergingTokenizer(tokenizer).encode("X X X @big red home.")
+    assert len(ids) == 7  # x x x@ big red home . : the message shows the first M + 2
+    with pytest.raises(ValueError) as err:
+        enc.prompt_tail("@big red home", 3)
+    assert str(err.value) == (f"class name '@big red home' merges with the context placeholders when tokenized "
+                              f"({ids[:5]}); strip its leading symbols")

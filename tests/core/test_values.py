@@ -1,7 +1,7 @@
 """pomp_core by value: class-specific contexts reach their own class whatever the length
-order, truncated names, the embedding export formats, the durable-file helpers, the
-pre-training proposal distributions and RandAugment2 against Dassl's own loop, and
-tools/export_prompt.py's defaults."""
+order, truncated names, template ensembles, batching and progress of class embeddings, the
+embedding export formats, the durable-file helpers, the pre-training proposal distributions
+and their registry, RandAugment2 against Dassl's own loop, and tools/export_prompt.py."""
 import json
 import logging
 import os
@@ -11,7 +11,9 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -546,3 +548,285 @@ def test_export_prompt_run_without_validation_warns_and_writes_no_best(tmp_path,
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty holds no prompts/epoch_<e>\.pth: pass a tools/pretrain\.py"):
         export_prompt.main(["--run", str(tmp_path / "empty"), "--out", str(tmp_path / "rel2")])
+
+
+# ------------------------------------------------------------------ proposal registry
+@dataclass
+class CountOptions:
+    """Options of a test distribution (a registered one must take a dataclass)."""
+    size: int = 3
+
+
+def test_register_proposal_adds_refuses_repeats_and_passes_options_only_with_a_dataclass(monkeypatch):
+    from pomp_core.pretrain import proposals
+
+    monkeypatch.setattr(proposals, "PROPOSALS", dict(proposals.PROPOSALS))  # the registry comes back after
+    seen = []
+
+    class Recorder(proposals.Proposal):
+        def __init__(self, options, train_labels, num_classes):
+            seen.append((options, list(train_labels), num_classes))
+
+    assert proposals.register_proposal("plain")(Recorder) is Recorder
+    assert proposals.register_proposal("counted", options=CountOptions)(Recorder) is Recorder
+    assert proposals.PROPOSALS["plain"] == proposals.ProposalEntry(Recorder, None)
+    assert proposals.PROPOSALS["counted"] == proposals.ProposalEntry(Recorder, CountOptions)
+    with pytest.raises(ValueError) as err:
+        proposals.register_proposal("frequency")(Recorder)
+    assert str(err.value) == "proposal distribution 'frequency' is already registered (FrequencyProposal)"
+    with pytest.raises(TypeError) as err:
+        proposals.register_proposal("bad", options=dict)(Recorder)
+    assert str(err.value) == "options of proposal 'bad' must be a dataclass, got <class 'dict'>"
+    assert "bad" not in proposals.PROPOSALS and proposals.PROPOSALS["frequency"].cls is FrequencyProposal
+    # a distribution without options gets None even where the config has a section of its name
+    build_proposal(SimpleNamespace(name="plain", plain="a section"), (1, 1, 0), 4)
+    build_proposal(SimpleNamespace(name="counted", counted=CountOptions(5)), [2], 3)
+    build_proposal(SimpleNamespace(name="counted"), [], 2)  # registered after the config was made
+    assert seen == [(None, [1, 1, 0], 4), (CountOptions(5), [2], 3), (None, [], 2)]
+    assert proposals.proposal_entry("counted").options is CountOptions
+    with pytest.raises(ValueError) as err:
+        proposals.proposal_entry("hard")
+    assert str(err.value) == ("unknown sampling.distribution.name 'hard': registered are counted, frequency, plain, "
+                              "similarity, uniform (pomp_core.pretrain.proposals.register_proposal adds one)")
+
+
+def test_built_frequency_proposal_counts_the_given_labels():
+    distribution = distribution_config()
+    distribution.name = "frequency"
+    q = build_proposal(distribution, [3, 1, 3, 3, 0, 1], 5).distribution(torch.tensor([1, 2]))
+    torch.testing.assert_close(q, torch.tensor([1, 2, 0, 3, 0], dtype=torch.float64) / 6)
+
+
+def test_similarity_options_reach_the_proposal_and_bad_mixes_are_named():
+    distribution = distribution_config()
+    distribution.name = "similarity"
+    distribution.similarity.refresh_steps, distribution.similarity.temperature = 7, 0.25
+    distribution.similarity.uniform_mix = 0.125
+    s = build_proposal(distribution, [0, 1], 6)
+    assert (s.num_classes, s.refresh_steps, s.temperature, s.uniform_mix) == (6, 7, 0.25, 0.125)
+    for bad in (0.0, -0.5, 1.0001):
+        with pytest.raises(ValueError) as err:
+            similarity(4, 3, 0.1, bad)
+        assert str(err.value) == f"sampling.distribution.similarity.uniform_mix must be in (0, 1], got {bad}"
+    assert similarity(4, 3, 0.1, 1.0).uniform_mix == 1.0  # the bound itself is allowed
+
+
+def test_similarity_distribution_by_hand_with_the_bank_normalised_per_row():
+    # rows of different norms; the own classes 1 and 3 are excluded from the hard part
+    raw = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 4.0], [1.0, 1.0, 0.0], [0.0, 0.0, -2.0], [3.0, -4.0, 0.0],
+                        [0.5, 0.5, 0.5]])
+    p = similarity(6, 5, 0.2, 0.4)
+    p.refresh(2, lambda: raw)
+    unit = raw / raw.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(p.bank, unit)
+    q = p.distribution(torch.tensor([3, 1, 3, 1]))
+    score = torch.maximum(unit[1] @ unit.t(), unit[3] @ unit.t()) / 0.2
+    others = [0, 2, 4, 5]
+    hard = torch.zeros(6, dtype=torch.float64)
+    hard[others] = torch.softmax(score[others].double(), dim=0)
+    torch.testing.assert_close(q, 0.6 * hard + 0.4 / 6)
+    assert q.dtype == torch.float64
+    p.refresh(6, lambda: -raw)  # 4 steps after the last refresh: too early, the bank stays
+    torch.testing.assert_close(p.bank, unit)
+    p.refresh(7, lambda: -raw)
+    torch.testing.assert_close(p.bank, -unit)
+    assert p.bank_step == 7
+
+
+def test_similarity_state_without_a_bank_loads_as_no_bank():
+    p = similarity(4, 3, 0.1, 0.5)
+    p.load_state_dict({})
+    assert p.bank is None and p.bank_step == -1
+    p.refresh(4, lambda: torch.eye(4))
+    state = p.state_dict()
+    assert sorted(state) == ["bank", "bank_step"] and int(state["bank_step"]) == 4
+    p.load_state_dict({})  # a checkpoint from before the bank existed changes nothing
+    assert torch.equal(p.bank, torch.eye(4)) and p.bank_step == 4
+    base = UniformProposal(None, [], 3)
+    assert base.state_dict() == {} and base.load_state_dict({"x": torch.zeros(1)}) is None
+    assert base.refresh(0, lambda: 1 / 0) is None  # the uniform proposal never encodes
+
+
+# ------------------------------------------------------------------ class embeddings: templates and progress
+@pytest.fixture()
+def progress_log(caplog, monkeypatch):
+    """Progress as log lines (what a redirected run shows), whatever the terminal and the environment."""
+    import pomp_core.progress
+
+    monkeypatch.setattr(pomp_core.progress, "interactive", lambda: False)
+    monkeypatch.delenv("POMP_PROGRESS_SECONDS", raising=False)
+    caplog.set_level(logging.INFO, logger="pomp_core.progress")
+    return caplog
+
+
+def progress_lines(caplog):
+    """Each progress line up to its first comma (the rate after it varies)."""
+    return [r.getMessage().split(",")[0] for r in caplog.records if r.name == "pomp_core.progress"]
+
+
+def test_template_ensemble_is_the_mean_of_unit_features(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    names = ["cat", "hot_air_balloon", "tv"]
+    templates = ["a photo of a {}.", lambda n: f"{n} in the wild", "a drawing of the {}"]
+    with torch.no_grad():
+        feats = [F.normalize(model.encode_text(tokenizer([t.format(n) if isinstance(t, str) else t(n)
+                                                          for n in ("cat", "hot air balloon", "tv")])), dim=-1)
+                 for t in templates]
+    mean = (feats[0] + feats[1] + feats[2]) / 3
+    raw = class_embeddings(model, tokenizer, templates, names, normalize=False)
+    torch.testing.assert_close(raw, mean, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(raw.norm(dim=1), torch.ones(3))  # three different directions: not unit
+    unit = class_embeddings(model, tokenizer, templates, names)
+    torch.testing.assert_close(unit, F.normalize(mean, dim=-1), atol=1e-5, rtol=1e-4)
+    one = class_embeddings(model, tokenizer, "a photo of a {}.", names, normalize=False)
+    torch.testing.assert_close(one, feats[0], atol=1e-5, rtol=1e-4)  # a single template: its unit features
+    lone = class_embeddings(model, tokenizer, [templates[1]], names)
+    torch.testing.assert_close(lone, feats[1], atol=1e-5, rtol=1e-4)
+
+
+def test_template_ensemble_of_more_than_512_names_encodes_every_one(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    names = [f"thing {i}" for i in range(513)]  # texts go in chunks of 512: one more name, one more chunk
+    got = class_embeddings(model, tokenizer, "{}", names, normalize=False)
+    assert got.shape == (513, 48)
+    rows = [0, 1, 510, 511, 512]  # either side of the chunk boundary (the plain encoder is slow on 513 rows)
+    with torch.no_grad():
+        want = F.normalize(model.encode_text(tokenizer([names[i] for i in rows])), dim=-1)
+    torch.testing.assert_close(got[rows], want, atol=1e-5, rtol=1e-4)
+
+
+def test_progress_shows_for_eight_templates_and_for_more_than_one_batch(tiny_clip, progress_log):
+    model, tokenizer, _ = tiny_clip
+    caplog = progress_log
+    class_embeddings(model, tokenizer, ["a {}"] * 7, ["cat", "tv"])
+    assert progress_lines(caplog) == []  # fewer than 8 templates: no progress
+    class_embeddings(model, tokenizer, ["a {}"] * 8, ["cat", "tv"])
+    assert progress_lines(caplog) == ["templates: 8/8 template (100%)"]
+    caplog.clear()
+    prompt = PromptLearner(n_ctx=2, width=64, init_std=0.3)
+    class_embeddings(model, tokenizer, prompt, NAMES, batch_size=5)  # one batch
+    class_embeddings(model, tokenizer, prompt, NAMES, batch_size=2, progress=False)
+    assert progress_lines(caplog) == []
+    class_embeddings(model, tokenizer, prompt, NAMES, batch_size=2)  # three batches: shown by default
+    class_embeddings(model, tokenizer, prompt, NAMES, batch_size=5, progress=True)
+    assert progress_lines(caplog) == [
+        "class embeddings: 3/3 batch (100%)", "class embeddings: 1/1 batch (100%)"]
+
+
+def test_prompted_embeddings_default_to_one_batch_of_256(tiny_clip, progress_log):
+    model, tokenizer, _ = tiny_clip
+    caplog = progress_log
+    prompt = PromptLearner(n_ctx=2, width=64, init_std=0.3)
+    names = [f"thing {i}" for i in range(257)]
+    emb = class_embeddings(model, tokenizer, prompt, names[:256])
+    assert progress_lines(caplog) == []
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(256))  # unit rows by default
+    class_embeddings(model, tokenizer, prompt, names)
+    assert progress_lines(caplog) == ["class embeddings: 2/2 batch (100%)"]
+
+
+def test_class_embeddings_truncate_names_only_when_asked(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    prompt = PromptLearner.from_words("a photo of", model, tokenizer)
+    with pytest.raises(ValueError, match="truncate_names=True"):
+        class_embeddings(model, tokenizer, prompt, ["cat", LONG])
+    got = class_embeddings(model, tokenizer, prompt, ["cat", LONG], normalize=False, truncate_names=True)
+    cut = tokenizer.encode("a photo of") + tokenizer.encode(LONG)[:71] + tokenizer.encode(".")
+    with torch.no_grad():
+        want = model.encode_text(torch.tensor([[tokenizer.sot_token_id] + cut + [tokenizer.eot_token_id]]))
+    torch.testing.assert_close(got[1], want[0], atol=1e-5, rtol=1e-4)
+
+
+def test_repeated_names_share_the_first_rows_feature(tiny_clip):
+    model, tokenizer, _ = tiny_clip
+    names = ["tv", "cat", "tv", "hot_air_balloon", "cat"]
+    for clf in (PromptLearner(n_ctx=3, width=64, init_std=0.4), "a photo of a {}."):
+        got = class_embeddings(model, tokenizer, clf, names, allow_duplicates=True)
+        want = class_embeddings(model, tokenizer, clf, ["tv", "cat", "hot_air_balloon"])
+        torch.testing.assert_close(got, want[[0, 1, 0, 2, 1]])
+    with pytest.raises(ValueError, match="repeats class names"):
+        class_embeddings(model, tokenizer, "a photo of a {}.", names)
+
+
+# ------------------------------------------------------------------ durable files: more
+def test_atomic_write_makes_missing_parents_and_clears_dead_writers_temporaries(tmp_path):
+    path = tmp_path / "a" / "b" / "c.json"
+    assert durable.atomic_write_json(path, [1, 2]) == path and json.loads(path.read_text()) == [1, 2]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = path.with_name(f"c.json.{socket.gethostname()}-{dead.pid}-0000.tmp")  # a killed run's
+    stale.write_text("half")
+    durable.atomic_write_text(path, "[3]")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["c.json"] and path.read_text() == "[3]"
+
+
+def test_atomic_write_raises_the_bodys_error_even_when_its_temporary_is_gone(tmp_path):
+    path = tmp_path / "x.txt"
+    with pytest.raises(RuntimeError, match="the body failed"):
+        with durable.atomic_write(path, "w") as f:
+            os.unlink(f.name)  # the temporary cannot be removed any more
+            raise RuntimeError("the body failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_prompt_explicit_fp16_and_a_best_flag_on_an_epoch_zero(tmp_path, export_prompt):
+    import pomp_core
+
+    prompt = PromptLearner(n_ctx=3, width=8, init_std=0.3)
+    src = pomp_core.save_prompt(prompt, tmp_path / "p.pth", epoch=0)  # epoch 0 is an epoch, not "none"
+    path = export_prompt.main(["--prompt", str(src), "--out", str(tmp_path / "rel"), "--dtype", "fp16", "--best"])
+    assert path == tmp_path / "rel" / "prompt_learner" / "model.pth.tar-0"
+    for name in ("model.pth.tar-0", "model-best.pth.tar"):
+        epoch, ctx = release_file(path.parent / name)
+        assert epoch == 0 and ctx.dtype == torch.float16 and torch.equal(ctx, prompt.ctx.detach().half())
+
+
+def test_atomic_write_syncs_the_whole_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync folder",) if stat.S_ISDIR(st.st_mode) else ("fsync file", st.st_size))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", Path(src).parent == Path(dst).parent, Path(dst).name))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(durable.os, "fsync", fsync)
+    monkeypatch.setattr(durable.os, "replace", replace)
+    durable.atomic_write_text(tmp_path / "a.txt", "hello")
+    # the temporary sits beside the target (an atomic rename), complete on disk before it
+    assert events == [("fsync file", 5), ("replace", True, "a.txt"), ("fsync folder",)]
+    assert (tmp_path / "a.txt").read_text() == "hello"
+
+
+def test_kill_point_flushes_the_logs_before_the_kill(monkeypatch):
+    events = []
+    monkeypatch.setattr(durable.logging, "shutdown", lambda: events.append("logs flushed"))
+    monkeypatch.setattr(durable.os, "kill", lambda pid, sig: events.append(("kill", pid, sig)))
+    monkeypatch.setenv(durable.KILL_ENV, "save:2")
+    durable.kill_point("save", 1)
+    assert events == []
+    durable.kill_point("save", 2)
+    assert events == ["logs flushed", ("kill", os.getpid(), signal.SIGKILL)]
+
+
+def test_prompted_names_are_batched_by_token_length(tiny_clip, monkeypatch):
+    """Batches of similar length (each is cut after its longest name), each with its class rows."""
+    model, tokenizer, _ = tiny_clip
+    batches = []
+    real = PromptedTextEncoder.__call__
+
+    def spy(self, prompt, names, class_ids=None, truncate=True):
+        batches.append((list(names), class_ids.tolist()))
+        return real(self, prompt, names, class_ids=class_ids, truncate=truncate)
+
+    monkeypatch.setattr(PromptedTextEncoder, "__call__", spy)
+    class_embeddings(model, tokenizer, PromptLearner(n_ctx=2, width=64), NAMES, batch_size=2)
+    # name tokens: fish 7, cat 1, hot air balloon 3, tv 1, bus 4; equal lengths keep vocabulary order
+    assert batches == [(["cat", "tv"], [1, 3]), (["hot_air_balloon", "red double decker bus"], [2, 4]),
+                       (["a rather long kind of tropical fish"], [0])]

@@ -84,3 +84,93 @@ def test_non_uniform_correction_against_a_hand_computation():
     # row 1 drew its own class: one valid negative, q renormalised without class 1
     assert b.margin[1, 0] == float("-inf")
     assert b.margin[1, 1].item() == pytest.approx(-math.log10(1 * 0.1 / 0.7), abs=1e-6)
+
+
+def hand_margins(labels, negatives, n, base, q=None):
+    """POMP_NOTES §4 written out row by row: m_ij = log_b((N-1)/(K-1-r_i)) for the uniform
+    proposal, -log_b(n_i q_j / (1 - q_{y_i})) for another, -inf where j is the row's own class."""
+    rows = []
+    for y in labels:
+        valid = [j for j in negatives if j != y]  # n_i = K-1-r_i
+        rows.append([float("-inf") if j == y
+                     else math.log((n - 1) / len(valid), base) if q is None
+                     else -math.log(len(valid) * q[j] / (1 - q[y]), base) for j in negatives])
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("base", [10.0, 2.0, math.e])
+def test_margins_of_several_rows_by_hand(base):
+    # 9 classes, K-1 = 4 negatives; rows 1, 2 and 3 drew their own class (one each), rows 0 and 4 did not
+    labels, negatives = [0, 2, 2, 7, 8], [2, 5, 7, 1]
+    b = build_contrast_batch(torch.tensor(labels), torch.tensor(negatives), 9, log_base=base)
+    torch.testing.assert_close(b.margin, hand_margins(labels, negatives, 9, base), atol=1e-6, rtol=1e-6)
+    assert b.margin.dtype == torch.float32
+    q = [0.05, 0.2, 0.15, 0.1, 0.02, 0.08, 0.12, 0.18, 0.1]  # non-uniform, sums to 1
+    b = build_contrast_batch(torch.tensor(labels), torch.tensor(negatives), 9, proposal=torch.tensor(q), log_base=base)
+    torch.testing.assert_close(b.margin, hand_margins(labels, negatives, 9, base, q), atol=1e-5, rtol=1e-5)
+
+
+def test_one_negative_that_is_the_own_class_leaves_the_row_its_positive_only():
+    # K = 2: a single negative; the row that drew its own class has no valid negative (n_i clamps to 1)
+    b = build_contrast_batch(torch.tensor([3, 1]), torch.tensor([3]), 5)
+    assert b.margin[0, 0] == float("-inf")
+    assert b.margin[1, 0].item() == pytest.approx(math.log10(4 / 1), abs=1e-6)
+    logits = local_contrast_logits(torch.eye(2, 3), torch.eye(2, 3)[[1, 0]], b, 1.0)
+    assert local_contrast_loss(logits[:1]).item() == pytest.approx(0.0, abs=1e-7)  # softmax of [x, -inf]
+
+
+def test_the_batch_records_the_negatives_and_the_encoded_classes():
+    labels, negatives = torch.tensor([6, 0, 6]), torch.tensor([4, 0, 9, 2])
+    b = build_contrast_batch(labels, negatives, 12)
+    assert b.classes.tolist() == [0, 2, 4, 6, 9]
+    assert b.pos_index.tolist() == [3, 0, 3] and b.neg_index.tolist() == [2, 0, 4, 1]
+    assert b.negatives.tolist() == [4, 0, 9, 2]
+    assert b.margin.shape == (3, 4) and b.margin[1, 1] == float("-inf")
+
+
+def test_negatives_are_the_seeded_generators_draws():
+    """Uniform: randperm's first K-1; a proposal: multinomial without replacement; same seed, same draw."""
+    neg = sample_negatives(50, 20, generator=torch.Generator().manual_seed(4))
+    assert neg.tolist() == torch.randperm(50, generator=torch.Generator().manual_seed(4))[:19].tolist()
+    q = torch.linspace(1.0, 3.0, 50, dtype=torch.float64)
+    q = q / q.sum()
+    neg = sample_negatives(50, 20, proposal=q, generator=torch.Generator().manual_seed(4))
+    want = torch.multinomial(q, 19, replacement=False, generator=torch.Generator().manual_seed(4))
+    assert neg.tolist() == want.tolist() and len(set(neg.tolist())) == 19
+    # K = 2 is the smallest: one negative; K = N - 1 still samples (8 of 10), K > N takes every class
+    assert len(sample_negatives(10, 2, generator=torch.Generator().manual_seed(0))) == 1
+    eight = sample_negatives(10, 9, generator=torch.Generator().manual_seed(0))
+    assert len(eight) == 8 and len(set(eight.tolist())) == 8
+    assert sample_negatives(10, 11).tolist() == list(range(10))
+    # three classes with mass and three to draw: without replacement they are exactly those three
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        drawn = sample_negatives(8, 4, proposal=torch.tensor([0, 0.7, 0, 0.2, 0, 0, 0.1, 0]), generator=g)
+        assert sorted(drawn.tolist()) == [1, 3, 6]
+
+
+def test_logits_keep_the_features_dtype_and_scale_by_hand():
+    labels, negatives = torch.tensor([2, 0]), torch.tensor([1, 2])
+    b = build_contrast_batch(labels, negatives, 6)
+    img = torch.tensor([[3.0, 4.0, 0.0], [0.0, 1.0, 1.0]])
+    txt = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 5.0]])  # classes 0, 1, 2
+    logits = local_contrast_logits(img, txt, b, torch.tensor(20.0))
+    m = math.log10(5 / 2)  # row 0 drew its own class: n_0 = 1
+    want = torch.tensor([[20 * 0.0, 20 * 0.8 + math.log10(5 / 1), float("-inf")],
+                         [20 * 0.0, 20 * 2 ** -0.5 + m, 20 * 2 ** -0.5 + m]])
+    torch.testing.assert_close(logits, want)
+    half = local_contrast_logits(img.bfloat16(), txt.bfloat16(), b, 20.0)
+    assert half.dtype == torch.bfloat16
+    loss = local_contrast_loss(want)
+    hand = -torch.log_softmax(want, dim=1)[:, 0].mean()
+    assert loss.item() == pytest.approx(hand.item(), abs=1e-6)
+
+
+def test_logits_and_loss_follow_the_features_device():
+    """The batch is laid out on the CPU; the features live on the accelerator (here the meta
+    device, which mixes with CPU tensors no more than CUDA does): margins and targets must follow."""
+    b = build_contrast_batch(torch.tensor([2, 0]), torch.tensor([1, 2]), 6)
+    img, txt = torch.randn(2, 3, device="meta"), torch.randn(3, 3, device="meta")
+    logits = local_contrast_logits(img, txt, b, 10.0)
+    assert logits.device.type == "meta" and logits.shape == (2, 3)
+    assert local_contrast_loss(logits).device.type == "meta"
