@@ -16,6 +16,16 @@ logger = logging.getLogger(__name__)
 POMP_ROI_HEADS = {"StandardROIHeads": "PompROIHeads", "CascadeROIHeads": "PompCascadeROIHeads"}
 
 
+def is_pomp_roi_heads(name: str) -> bool:
+    """Whether ROI_HEADS.NAME ``name`` is registered heads built on the POMP ones (ours, or a
+    project's subclass of them: a new head is one registered class)."""
+    from detectron2.modeling import ROI_HEADS_REGISTRY
+
+    from .roi_heads import PompCascadeROIHeads, PompROIHeads
+
+    return name in ROI_HEADS_REGISTRY and issubclass(ROI_HEADS_REGISTRY.get(name), (PompROIHeads, PompCascadeROIHeads))
+
+
 @META_ARCH_REGISTRY.register()
 class PompRCNN(GeneralizedRCNN):
     """A batch whose inputs carry ``ann_type == "image"`` (and ``pos_category_ids``) trains
@@ -44,11 +54,12 @@ class PompRCNN(GeneralizedRCNN):
             cfg = cfg.clone()
             cfg.defrost()
             cfg.MODEL.ROI_HEADS.NAME = POMP_ROI_HEADS[name]
-        elif name not in POMP_ROI_HEADS.values():
+        elif not is_pomp_roi_heads(name):
             raise ValueError(
                 f"MODEL.ROI_HEADS.NAME {name} is not supported by pomp_det (C4 / Res5ROIHeads configs "
                 f"among them): its POMP heads replace {' and '.join(POMP_ROI_HEADS)}; use an FPN or "
-                "cascade config, or register heads of your own built on pomp_det.fast_rcnn")
+                "cascade config, or register heads of your own that subclass pomp_det.roi_heads' PompROIHeads or "
+                "PompCascadeROIHeads")
         return {**super().from_config(cfg), "fp16": fp16}
 
     def forward(self, batched_inputs: List[Dict]):

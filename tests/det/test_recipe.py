@@ -195,6 +195,31 @@ def test_c4_configs_are_refused_with_the_reason(tmp_path):
         build_model(cfg)
 
 
+def test_a_projects_own_heads_are_one_registered_subclass_of_ours():
+    """A new detector head is one class registered under ROI_HEADS_REGISTRY: built on the POMP
+    heads it is taken as named; other registered heads (no POMP classifier) are refused."""
+    from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
+
+    from pomp_det.roi_heads import PompCascadeROIHeads
+
+    class ProjectCascadeHeads(PompCascadeROIHeads):
+        pass
+
+    class PlainHeads(StandardROIHeads):
+        pass
+
+    for cls in (ProjectCascadeHeads, PlainHeads):
+        ROI_HEADS_REGISTRY.register(cls)
+    try:
+        torch.manual_seed(0)
+        assert type(build_model(_world_cfg("ProjectCascadeHeads")).roi_heads) is ProjectCascadeHeads
+        with pytest.raises(ValueError, match="PlainHeads is not supported by pomp_det.*subclass pomp_det.roi_heads"):
+            build_model(_world_cfg("PlainHeads"))
+    finally:
+        for cls in (ProjectCascadeHeads, PlainHeads):
+            ROI_HEADS_REGISTRY._obj_map.pop(cls.__name__)
+
+
 def test_detic_config_keys_are_read_as_ours_or_refused(tmp_path):
     yaml = tmp_path / "detic.yaml"
     yaml.write_text("MODEL:\n  ROI_BOX_HEAD:\n    USE_ZEROSHOT_CLS: True\n    ZEROSHOT_WEIGHT_PATH: 'x.npy'\n"
