@@ -260,6 +260,17 @@ def test_cascade_test_score_is_sqrt_of_the_stage_mean_times_objectness():
     assert no_losses == {}  # no loss keys at test time, image-label training or not
 
 
+def test_cascade_test_score_of_a_single_image():
+    model = cascade().eval()
+    feats, proposals = inputs()
+    feats, proposals = {"p2": feats["p2"][1:]}, proposals[1:]
+    with torch.no_grad():
+        out = model(None, feats, proposals)[0]
+    obj = proposals[0].objectness_logits.sigmoid()
+    want = (stage_mean_scores(model, feats, proposals) * obj[:, None]).sqrt().flatten().sort(descending=True).values
+    torch.testing.assert_close(out[0].scores.sort(descending=True).values, want, rtol=1e-5, atol=1e-6)
+
+
 def stage_mean_scores(model, feats, proposals):
     """The stages' mean class probability of each proposal, by hand, no objectness."""
     with torch.no_grad():
@@ -407,6 +418,13 @@ def test_standard_heads_from_a_config(tmp_path):
         masked.set_class_embeddings(torch.ones(7, 5))
     assert str(e.value) == ("the mask head predicts one mask per class, so its size is fixed: train with "
                             "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK True to change vocabularies")
+    masked.mask_on = False  # masks switched off: the per-class mask head is never run
+    masked.set_class_embeddings(torch.ones(7, 5))
+    assert masked.num_classes == 7
+    custom = build_heads(mask_cfg)
+    del custom.mask_head.predictor  # a mask head of another kind, without a per-class predictor
+    custom.set_class_embeddings(torch.ones(7, 5))
+    assert custom.num_classes == 7
     agnostic = build_heads(heads_cfg(tmp_path, "PompROIHeads", **{"MODEL.MASK_ON": True,
                                                                   "MODEL.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK": True}))
     agnostic.set_class_embeddings(torch.ones(7, 5))
