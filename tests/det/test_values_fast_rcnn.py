@@ -387,9 +387,14 @@ def test_federated_draw_is_detics_under_the_same_seed():
         with torch.random.fork_rng(devices=[]):  # federated_classes draws from the global RNG
             torch.manual_seed(seed)
             got = federated_classes(gt, 5, weight)
+            ours_next = torch.rand(3)
             torch.manual_seed(seed)
             drawn = torch.multinomial(torch.tensor([0.5, 0.0, 2.0, 0.0, 0.0, 1.5, 0.0]), 2, replacement=False)
+            detics_next = torch.rand(3)
         assert got.tolist() == [1, 4] + drawn.tolist()
+        # the draw leaves the RNG where Detic's leaves it: the next draws (the next stage's
+        # classes, detectron2's sampling) stay Detic's too
+        assert torch.equal(ours_next, detics_next)
 
 
 def test_from_config_softmax_mode_and_the_class_count_message(tmp_path):
@@ -453,3 +458,15 @@ def test_from_config_defaults_are_the_pomp_configs(tmp_path):
     # the weights' source reads the config as built, not as changed afterwards
     cfg.MODEL.POMP.FED_LOSS_WEIGHTS = "nonsense"
     torch.testing.assert_close(p._fed_loss_weight_source(), torch.ones(C))
+
+
+def test_from_config_honours_an_explicit_federated_weight(tmp_path):
+    """fed_loss_weight given without class_embeddings: the given weights, not the config's
+    lazy source (which would replace them at the first loss)."""
+    weight = torch.tensor([1.0, 0.0, 2.0, 3.0, 0.5])
+    p = PompFastRCNNOutputLayers(pomp_cfg(tmp_path, FED_LOSS_WEIGHTS="train_boxes"), ShapeSpec(channels=6),
+                                 fed_loss_weight=weight)
+    assert torch.equal(p.fed_loss_weight, weight) and p._fed_loss_weight_source is None
+    source = lambda: torch.arange(C, dtype=torch.float)  # noqa: E731
+    p = PompFastRCNNOutputLayers(pomp_cfg(tmp_path), ShapeSpec(channels=6), fed_loss_weight=source)
+    assert p._fed_loss_weight_source is source
