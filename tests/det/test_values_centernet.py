@@ -253,10 +253,16 @@ def test_from_config_passes_each_key_to_its_place():
     assert len(head.bbox_tower) == 3 and len(head.share_tower) == 6 and len(head.scales) == 2  # conv, GN, ReLU
     assert isinstance(head.bbox_tower[1], torch.nn.GroupNorm)
     assert float(head.agn_hm.bias) == pytest.approx(-math.log(0.95 / 0.05))
-    with pytest.raises(ValueError, match="p6"):
-        c.IN_FEATURES = ["p3", "p6"]
+    c.IN_FEATURES = ["p3", "p6"]
+    with pytest.raises(ValueError) as e:
         build_proposal_generator(cfg, shapes)
+    assert str(e.value) == ("MODEL.CENTERNET.IN_FEATURES ['p6'] are not backbone outputs ['p3', 'p4']: use a "
+                            "backbone with P6/P7 (e.g. build_pomp_timm_p67_fpn_backbone) or list its levels")
     c.IN_FEATURES = ["p3", "p4"]
+    c.NORM = ""  # no norm: conv, ReLU per tower conv
+    plain = build_proposal_generator(cfg, shapes).centernet_head
+    assert len(plain.bbox_tower) == 2 and not [m for m in plain.modules() if isinstance(m, torch.nn.GroupNorm)]
+    c.NORM = "GN"
     with pytest.raises(ValueError, match="equal width"):
         build_proposal_generator(cfg, {"p3": ShapeSpec(channels=16), "p4": ShapeSpec(channels=8)})
     c.WITH_AGN_HM = False
@@ -266,6 +272,10 @@ def test_from_config_passes_each_key_to_its_place():
         build_proposal_generator(cfg, shapes)
     with pytest.raises(ValueError, match="one entry per level"):
         CenterNet(head=gen.centernet_head, in_features=["p3"], strides=[8, 16], sizes_of_interest=[[0, 1]])
+    with pytest.raises(ValueError) as e:  # levels and strides agree, the size ranges do not
+        CenterNet(head=gen.centernet_head, in_features=["p3", "p4"], strides=[8, 16], sizes_of_interest=[[0, 1]])
+    assert str(e.value) == ("MODEL.CENTERNET.IN_FEATURES, FPN_STRIDES and SOI need one entry per level, "
+                            "got 2, 2 and 1")
 
 
 def test_targets_of_a_batch_without_boxes_and_grids_of_odd_strides():
@@ -318,6 +328,38 @@ def test_a_single_regressed_location_is_divided_by_one():
     losses = gen.losses(torch.tensor([7]), torch.zeros(n), reg_t, torch.zeros(n), reg_p)
     want = 2.0 * giou(reg_p[7:8].double().numpy(), reg_t[7:8].double().numpy()).sum()
     assert float(losses["loss_centernet_loc"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_regression_loss_takes_its_type_and_counts_rows_whose_max_is_zero():
+    """LOC_LOSS_TYPE reaches the loss (here -log IoU, a prediction not enclosing its target:
+    GIoU would differ); CenterNet2 regresses every row whose max is >= 0, a zero row too."""
+    gen = generator(loc_loss_type="iou", reg_weight=1.5).train()
+    n = 3 * (165 + 48)
+    reg_t = torch.full((n, 4), -1e8)
+    reg_t[7] = torch.tensor([0.25, 0.5, 0.5, 0.25])
+    reg_t[30] = 0.0
+    reg_p = torch.full((n, 4), 0.5)
+    reg_p[7] = torch.tensor([0.1, 0.9, 0.3, 0.6])
+    losses = gen.losses(torch.tensor([7]), torch.zeros(n), reg_t, torch.zeros(n), reg_p)
+    rows = [7, 30]
+    want = -np.log(iou(reg_p[rows].double().numpy(), reg_t[rows].double().numpy())).sum() / 2
+    assert float(losses["loss_centernet_loc"]) == pytest.approx(1.5 * want, rel=1e-5)
+    assert want != pytest.approx(giou(reg_p[rows].double().numpy(), reg_t[rows].double().numpy()).sum() / 2)
+
+
+def test_targets_of_double_boxes_are_float32_like_the_grid():
+    gen = generator()
+    grids = gen.grids(feats(3))
+    want = gen.targets(grids, SHAPES, [gt(b) for b in BOXES])
+    double = []
+    for b in BOXES:
+        inst = gt(b)
+        inst.gt_boxes = Boxes(inst.gt_boxes.tensor.double())
+        double.append(inst)
+    got = gen.targets(grids, SHAPES, double)
+    assert [t.dtype for t in got] == [torch.long, torch.float32, torch.float32]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
 
 
 def test_constructor_defaults_are_centernet2s():
@@ -421,3 +463,39 @@ def test_focal_loss_defaults_clamp_high_fp_threshold_and_alpha_zero():
     pos_l, neg_l = heatmap_focal_loss(logits, target, pos, alpha=0.0)
     _, full = focal(x, t, [0, 3], alpha=0.0)
     assert float(pos_l) == 0 and float(neg_l) == pytest.approx(full, rel=1e-10)
+
+
+# level 0 (2 x 3) p = .71 .38 .88 .12 .52 .77, level 1 (1 x 2) p = .29 .60: above 0.3, five
+# locations on level 0 and one on level 1, whose .60 ranks below level 0's third best
+TOPK_HEAT = [torch.tensor([0.9, -0.5, 2.0, -2.0, 0.1, 1.2]).view(1, 1, 2, 3), torch.tensor([-0.9, 0.405]).view(1, 1, 1, 2)]
+TOPK_GRIDS = [torch.tensor([[2.0, 2.0], [6.0, 2.0], [10.0, 2.0], [2.0, 6.0], [6.0, 6.0], [10.0, 6.0]]),
+              torch.tensor([[4.0, 4.0], [12.0, 4.0]])]
+
+
+@pytest.mark.parametrize("pre, post, test_logits", [
+    ((7, 2), (9, 9), [2.0, 1.2, 0.405]),  # the test pre-NMS top 2 of level 0 lets level 1's .60 in
+    ((7, 7), (9, 2), [2.0, 1.2]),  # the test post-NMS top 2 over both levels
+])
+def test_pre_and_post_nms_topk_follow_the_mode(pre, post, test_logits):
+    gen = generator(score_thresh=0.3, pre_nms_topk=pre, post_nms_topk=post, nms_thresh=(1.0, 1.0))
+    regs = [torch.ones(1, 4, 2, 3), torch.ones(1, 4, 1, 2)]
+    out = gen.eval().predict_proposals(TOPK_GRIDS, TOPK_HEAT, regs, [(12, 16)])[0]
+    want = [math.sqrt(1 / (1 + math.exp(-x))) for x in test_logits]  # the kept heatmap logits
+    assert out.objectness_logits.sigmoid().tolist() == pytest.approx(want, rel=1e-5)
+    assert len(gen.train().predict_proposals(TOPK_GRIDS, TOPK_HEAT, regs, [(12, 16)])[0]) == 6  # 7 and 9
+
+
+def test_proposals_of_each_image_come_from_its_own_maps():
+    """Two images of a batch, of different sizes: each gets its own size and the proposals of
+    its own maps (those of a batch of one)."""
+    gen = generator(score_thresh=0.3, nms_thresh=(1.0, 1.0)).eval()
+    g = torch.Generator().manual_seed(6)
+    heat = [torch.cat([TOPK_HEAT[0], -TOPK_HEAT[0]]), torch.cat([TOPK_HEAT[1], TOPK_HEAT[1] + 1])]
+    regs = [torch.rand(2, 4, 2, 3, generator=g) * 2, torch.rand(2, 4, 1, 2, generator=g)]
+    out = gen.predict_proposals(TOPK_GRIDS, heat, regs, [(12, 16), (10, 14)])
+    assert [o.image_size for o in out] == [(12, 16), (10, 14)]
+    for i, size in enumerate([(12, 16), (10, 14)]):
+        one = gen.predict_proposals(TOPK_GRIDS, [h[i:i + 1] for h in heat], [r[i:i + 1] for r in regs], [size])[0]
+        torch.testing.assert_close(out[i].proposal_boxes.tensor, one.proposal_boxes.tensor)
+        torch.testing.assert_close(out[i].objectness_logits, one.objectness_logits)
+    assert len(out[0]) != len(out[1])
