@@ -347,21 +347,6 @@ def test_regression_loss_takes_its_type_and_counts_rows_whose_max_is_zero():
     assert want != pytest.approx(giou(reg_p[rows].double().numpy(), reg_t[rows].double().numpy()).sum() / 2)
 
 
-def test_targets_of_double_boxes_are_float32_like_the_grid():
-    gen = generator()
-    grids = gen.grids(feats(3))
-    want = gen.targets(grids, SHAPES, [gt(b) for b in BOXES])
-    double = []
-    for b in BOXES:
-        inst = gt(b)
-        inst.gt_boxes = Boxes(inst.gt_boxes.tensor.double())
-        double.append(inst)
-    got = gen.targets(grids, SHAPES, double)
-    assert [t.dtype for t in got] == [torch.long, torch.float32, torch.float32]
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b)
-
-
 def test_constructor_defaults_are_centernet2s():
     """The keyword defaults of CenterNet (used when it is built without a config) are
     CenterNet2's config defaults, written out."""
