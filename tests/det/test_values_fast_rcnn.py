@@ -325,6 +325,10 @@ def test_from_config_overrides_share_the_first_stages_embeddings(tmp_path):
     p = PompFastRCNNOutputLayers(cfg, ShapeSpec(channels=6), class_embeddings=emb, fed_loss_weight=weight)
     torch.testing.assert_close(p.cls_score.embeddings, torch.nn.functional.normalize(emb, dim=1))
     assert torch.equal(p.fed_loss_weight, weight) and p._fed_loss_weight_source is None
+    # the given embeddings are the vocabulary: the config's file (5 rows) is not read
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    three = PompFastRCNNOutputLayers(cfg, ShapeSpec(channels=6), class_embeddings=emb[:3], fed_loss_weight=weight[:3])
+    assert three.num_classes == 3 and torch.equal(three.fed_loss_weight, weight[:3])
 
 
 def test_selected_proposal_area_uses_each_boxes_own_corners():

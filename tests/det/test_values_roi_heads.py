@@ -69,9 +69,12 @@ def standard():
 def inputs():
     g = torch.Generator().manual_seed(3)
     features = {"p2": torch.randn(2, CH, 12, 17, generator=g)}  # images of 44 x 66 and 40 x 52
-    a = Instances((44, 66))  # 6 proposals: the last two fall outside the top 4
-    a.proposal_boxes = Boxes(torch.tensor([[2.0, 3.0, 30.0, 20.0], [-5.0, 10.0, 40.0, 50.0],  # clipped
-                                           [20.0, 1.0, 70.0, 30.0], [1.0, 1.0, 10.0, 40.0],
+    # 6 proposals: the last two fall outside the top 4; clipped, the 4th is the largest (the
+    # max-size pick of a top 5), the 3rd the largest but the last (of the top 4), the 2nd the
+    # largest of the top 3 but the last
+    a = Instances((44, 66))
+    a.proposal_boxes = Boxes(torch.tensor([[2.0, 3.0, 30.0, 20.0], [-5.0, 10.0, 30.0, 50.0],  # clipped
+                                           [20.0, 1.0, 70.0, 30.0], [1.0, 1.0, 60.0, 42.0],
                                            [0.0, 0.0, 66.0, 44.0], [5.0, 5.0, 9.0, 9.0]]))
     a.objectness_logits = torch.tensor([2.0, 1.5, 1.0, 0.5, 0.0, -1.0])
     b = Instances((40, 52))
@@ -258,6 +261,24 @@ def test_cascade_test_score_is_sqrt_of_the_stage_mean_times_objectness():
         final = torch.unique(boxes[i], dim=0)
         torch.testing.assert_close(torch.unique(out[i].pred_boxes.tensor, dim=0), final)
     assert no_losses == {}  # no loss keys at test time, image-label training or not
+
+
+def test_cascade_test_threshold_and_top_k_are_the_last_stages():
+    """Detic's cascade thresholds and keeps the top k with the last stage's settings (the
+    earlier stages keep 0 and 1000 here)."""
+    model = cascade().eval()
+    feats, proposals = inputs()
+    obj = torch.cat([p.objectness_logits for p in proposals]).sigmoid()
+    score = (stage_mean_scores(model, feats, proposals) * obj[:, None]).sqrt()
+    image0, image1 = (score[i:j].flatten().sort(descending=True).values for i, j in [(0, 6), (6, 9)])
+    thresh = float(image1[2] + image1[3]) / 2  # image 1 keeps 3, image 0 more than the top k
+    assert int((image0 > thresh).sum()) > 6
+    last = model.box_predictor[-1]
+    last.test_score_thresh, last.test_topk_per_image = thresh, 6
+    with torch.no_grad():
+        out = model(None, feats, proposals)[0]
+    torch.testing.assert_close(out[0].scores.sort(descending=True).values, image0[:6], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[1].scores.sort(descending=True).values, image1[:3], rtol=1e-5, atol=1e-6)
 
 
 def test_cascade_test_score_of_a_single_image():
