@@ -408,10 +408,16 @@ def heads_cfg(tmp_path, name, **extra):
     return cfg
 
 
-def test_cascade_heads_from_a_config_share_one_vocabulary_and_weight_source(tmp_path):
+def test_cascade_heads_from_a_config_share_one_vocabulary_and_weight_source(tmp_path, monkeypatch):
+    import pomp_det.fast_rcnn
+
+    reads = []
+    read = pomp_det.fast_rcnn.embeddings_from_config
+    monkeypatch.setattr(pomp_det.fast_rcnn, "embeddings_from_config", lambda cfg: reads.append(1) or read(cfg))
     cfg = heads_cfg(tmp_path, "PompCascadeROIHeads", **{"DATALOADER.MULTI_DATASET": True})
     heads = build_heads(cfg)
     preds = list(heads.box_predictor)
+    assert reads == [1]  # the vocabulary is read (or encoded with CLIP) once, for the first stage
     assert heads.image_label_training and len(preds) == 3
     assert tuple(cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS) == (10.0, 10.0, 5.0, 5.0)
     assert [tuple(p.box2box_transform.weights) for p in preds] == CFG_WEIGHTS
