@@ -103,7 +103,7 @@ class PompFastRCNNOutputLayers(FastRCNNOutputLayers):
         fed_weight = overrides.pop("fed_loss_weight", None)
         if emb is None:  # cascade stages after the first reuse the first stage's
             emb = embeddings_from_config(cfg)
-            if p.USE_FED_LOSS:
+            if p.USE_FED_LOSS and fed_weight is None:  # an explicit fed_loss_weight is kept
                 num_classes, frozen = emb.shape[0], cfg.clone()
                 fed_weight = lambda: federated_class_weight(frozen, num_classes)  # noqa: E731
         if emb.shape[0] != cfg.MODEL.ROI_HEADS.NUM_CLASSES:

@@ -14,6 +14,7 @@ require("detectron2")
 from detectron2.structures import Boxes, ImageList, Instances  # noqa: E402
 
 from pomp_det.centernet.head import CenterNetHead  # noqa: E402
+from pomp_det.centernet.losses import heatmap_focal_loss, ltrb_iou_loss  # noqa: E402
 from pomp_det.centernet.proposal_generator import CenterNet  # noqa: E402
 
 STRIDES = [4, 8]
@@ -22,8 +23,9 @@ SHAPES = [(11, 15), (6, 8)]  # an image of 44 x 60
 
 
 def generator(**kw):
-    torch.manual_seed(0)
-    head = CenterNetHead(8, 2, norm="", num_box_convs=0)
+    with torch.random.fork_rng(devices=[]):  # seeded layers; the global RNG is left as it was
+        torch.manual_seed(0)
+        head = CenterNetHead(8, 2, norm="", num_box_convs=0)
     return CenterNet(head=head, in_features=["p2", "p3"], strides=STRIDES, sizes_of_interest=SOI, **kw)
 
 
@@ -251,10 +253,16 @@ def test_from_config_passes_each_key_to_its_place():
     assert len(head.bbox_tower) == 3 and len(head.share_tower) == 6 and len(head.scales) == 2  # conv, GN, ReLU
     assert isinstance(head.bbox_tower[1], torch.nn.GroupNorm)
     assert float(head.agn_hm.bias) == pytest.approx(-math.log(0.95 / 0.05))
-    with pytest.raises(ValueError, match="p6"):
-        c.IN_FEATURES = ["p3", "p6"]
+    c.IN_FEATURES = ["p3", "p6"]
+    with pytest.raises(ValueError) as e:
         build_proposal_generator(cfg, shapes)
+    assert str(e.value) == ("MODEL.CENTERNET.IN_FEATURES ['p6'] are not backbone outputs ['p3', 'p4']: use a "
+                            "backbone with P6/P7 (e.g. build_pomp_timm_p67_fpn_backbone) or list its levels")
     c.IN_FEATURES = ["p3", "p4"]
+    c.NORM = ""  # no norm: conv, ReLU per tower conv
+    plain = build_proposal_generator(cfg, shapes).centernet_head
+    assert len(plain.bbox_tower) == 2 and not [m for m in plain.modules() if isinstance(m, torch.nn.GroupNorm)]
+    c.NORM = "GN"
     with pytest.raises(ValueError, match="equal width"):
         build_proposal_generator(cfg, {"p3": ShapeSpec(channels=16), "p4": ShapeSpec(channels=8)})
     c.WITH_AGN_HM = False
@@ -264,6 +272,10 @@ def test_from_config_passes_each_key_to_its_place():
         build_proposal_generator(cfg, shapes)
     with pytest.raises(ValueError, match="one entry per level"):
         CenterNet(head=gen.centernet_head, in_features=["p3"], strides=[8, 16], sizes_of_interest=[[0, 1]])
+    with pytest.raises(ValueError) as e:  # levels and strides agree, the size ranges do not
+        CenterNet(head=gen.centernet_head, in_features=["p3", "p4"], strides=[8, 16], sizes_of_interest=[[0, 1]])
+    assert str(e.value) == ("MODEL.CENTERNET.IN_FEATURES, FPN_STRIDES and SOI need one entry per level, "
+                            "got 2, 2 and 1")
 
 
 def test_targets_of_a_batch_without_boxes_and_grids_of_odd_strides():
@@ -316,3 +328,159 @@ def test_a_single_regressed_location_is_divided_by_one():
     losses = gen.losses(torch.tensor([7]), torch.zeros(n), reg_t, torch.zeros(n), reg_p)
     want = 2.0 * giou(reg_p[7:8].double().numpy(), reg_t[7:8].double().numpy()).sum()
     assert float(losses["loss_centernet_loc"]) == pytest.approx(want, rel=1e-5)
+
+
+def test_regression_loss_takes_its_type_and_counts_rows_whose_max_is_zero():
+    """LOC_LOSS_TYPE reaches the loss (here -log IoU, a prediction not enclosing its target:
+    GIoU would differ); CenterNet2 regresses every row whose max is >= 0, a zero row too."""
+    gen = generator(loc_loss_type="iou", reg_weight=1.5).train()
+    n = 3 * (165 + 48)
+    reg_t = torch.full((n, 4), -1e8)
+    reg_t[7] = torch.tensor([0.25, 0.5, 0.5, 0.25])
+    reg_t[30] = 0.0
+    reg_p = torch.full((n, 4), 0.5)
+    reg_p[7] = torch.tensor([0.1, 0.9, 0.3, 0.6])
+    losses = gen.losses(torch.tensor([7]), torch.zeros(n), reg_t, torch.zeros(n), reg_p)
+    rows = [7, 30]
+    want = -np.log(iou(reg_p[rows].double().numpy(), reg_t[rows].double().numpy())).sum() / 2
+    assert float(losses["loss_centernet_loc"]) == pytest.approx(1.5 * want, rel=1e-5)
+    assert want != pytest.approx(giou(reg_p[rows].double().numpy(), reg_t[rows].double().numpy()).sum() / 2)
+
+
+def test_constructor_defaults_are_centernet2s():
+    """The keyword defaults of CenterNet (used when it is built without a config) are
+    CenterNet2's config defaults, written out."""
+    gen = generator()
+    assert gen.delta == pytest.approx(0.2 / 1.8) and gen.min_radius == 4
+    assert gen.focal == dict(alpha=0.25, beta=4.0, gamma=2.0, sigmoid_clamp=1e-4, ignore_high_fp=-1.0)
+    assert (gen.pos_weight, gen.neg_weight, gen.reg_weight) == (1.0, 1.0, 2.0)
+    assert (gen.loc_loss_type, gen.score_thresh) == ("giou", 0.05)
+    assert (gen.pre_nms_topk, gen.post_nms_topk, gen.nms_thresh) == ((1000, 1000), (100, 100), (0.6, 0.6))
+    assert gen.in_features == ["p2", "p3"] and gen.strides == STRIDES and gen.sizes_of_interest == SOI
+
+
+def score_logit(heat_logit: float) -> float:
+    """logit(sqrt(sigmoid(x))): the objectness_logits of a heatmap logit x, by hand."""
+    score = math.sqrt(1 / (1 + math.exp(-heat_logit)))
+    return math.log(score / (1 - score))
+
+
+def edge_case_maps():
+    """Level 0 (2 x 2, stride 4): a location exactly at the threshold 0.5 (logit 0), one of
+    score 1 (logit 20) with the box [2, -2, 10, 6], one (logit 1) whose box [2, -1, 10, 6]
+    overlaps that one with IoU 56 / 64 = 0.875; level 1 (1 x 1, stride 8): inverted distances."""
+    grids = [torch.tensor([[2.0, 2.0], [6.0, 2.0], [2.0, 6.0], [6.0, 6.0]]), torch.tensor([[4.0, 4.0]])]
+    heat = [torch.tensor([0.0, 20.0, 1.0, -1.0]).view(1, 1, 2, 2), torch.tensor([2.0]).view(1, 1, 1, 1)]
+    regs = [torch.zeros(1, 4, 2, 2), torch.tensor([-0.5, 0.0, 0.0, -0.25]).view(1, 4, 1, 1)]
+    regs[0][0, :, 0, 0] = 1.0
+    regs[0][0, :, 0, 1] = 1.0
+    regs[0][0, :, 1, 0] = torch.tensor([0.0, 1.75, 2.0, 0.0])
+    return grids, heat, regs
+
+
+def test_proposals_strict_threshold_min_size_nms_per_mode_and_a_finite_logit():
+    """CenterNet2's predict: a location exactly at INFERENCE_TH is dropped (heatmap > th); an
+    inverted box keeps 0.01 px each way from its top-left; NMS_TH_TEST (0.5) suppresses what
+    NMS_TH_TRAIN (0.9) keeps; a score of 1 gets the logit of 1 - 1e-6, not inf."""
+    gen = generator(score_thresh=0.5, pre_nms_topk=(10, 10), post_nms_topk=(10, 10), nms_thresh=(0.9, 0.5))
+    grids, heat, regs = edge_case_maps()
+    top = float(torch.tensor(1 - 1e-6))  # the clamp bound in float32
+    logits = [math.log(top / (1 - top)), score_logit(2.0), score_logit(1.0)]
+    boxes = [[2.0, -2.0, 10.0, 6.0], [8.0, 4.0, 8.01, 4.01], [2.0, -1.0, 10.0, 6.0]]
+    for training, n in [(False, 2), (True, 3)]:
+        gen.train(training)
+        out = gen.predict_proposals(grids, heat, regs, [(12, 16)])[0]
+        assert out.image_size == (12, 16)
+        torch.testing.assert_close(out.proposal_boxes.tensor, torch.tensor(boxes[:n]))
+        assert torch.isfinite(out.objectness_logits).all()
+        assert out.objectness_logits.tolist() == pytest.approx(logits[:n], rel=1e-4)
+
+
+def test_proposals_of_half_precision_maps_are_scored_in_float32():
+    """Half maps (AMP) give the float32 proposals: sigmoid(9) rounds to 1 in half, whose
+    logit would be inf."""
+    gen = generator(score_thresh=0.05, nms_thresh=(1.0, 1.0)).eval()
+    grids, _, regs = edge_case_maps()
+    heat = [torch.tensor([9.0, 3.0, -1.0, 0.5]).view(1, 1, 2, 2), torch.tensor([6.0]).view(1, 1, 1, 1)]
+    want = gen.predict_proposals(grids, heat, regs, [(12, 16)])[0]
+    got = gen.predict_proposals(grids, [h.half() for h in heat], [r.half() for r in regs], [(12, 16)])[0]
+    assert torch.isfinite(got.objectness_logits).all() and got.objectness_logits.dtype == torch.float32
+    torch.testing.assert_close(got.objectness_logits, want.objectness_logits)
+    torch.testing.assert_close(got.proposal_boxes.tensor, want.proposal_boxes.tensor)
+    # 1 - score is ~6e-5 here, held by float32 (spacing 6e-8 near 1) to ~1e-3 relative
+    assert float(want.objectness_logits[0]) == pytest.approx(score_logit(9.0), rel=1e-3)
+
+
+LTRB_PRED = [[1.0, 2.0, 3.0, 0.5], [0.5, 0.25, 2.0, 1.5], [2.0, 2.0, 2.0, 2.0]]
+LTRB_TARGET = [[2.0, 1.0, 1.0, 1.5], [0.25, 1.0, 0.5, 3.0], [1.0, 3.0, 0.5, 2.0]]
+
+
+@pytest.mark.parametrize("kind", ["giou", "iou", "linear_iou"])
+def test_ltrb_losses_by_hand_on_boxes_where_the_smoothing_counts(kind):
+    """Boxes of a few px^2, asymmetric in every side: the +1 smoothing, each side's min / max
+    and the loss form all change the numbers."""
+    got = ltrb_iou_loss(torch.tensor(LTRB_PRED, dtype=torch.float64), torch.tensor(LTRB_TARGET, dtype=torch.float64),
+                        kind)
+    smoothed = iou(LTRB_PRED, LTRB_TARGET)
+    want = {"giou": giou(LTRB_PRED, LTRB_TARGET), "iou": -np.log(smoothed), "linear_iou": 1 - smoothed}[kind]
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+    # the smoothing matters here: row 0's IoU is (3 + 1) / (14.5 + 1), unsmoothed 3 / 14.5
+    assert smoothed[0] == pytest.approx(4 / 15.5)
+
+
+def test_focal_loss_defaults_clamp_high_fp_threshold_and_alpha_zero():
+    logits = torch.tensor([12.0, -12.0, 0.0, 1.5, -0.5], dtype=torch.float64)
+    target = torch.tensor([1.0, 0.0, 0.3, 0.0, 0.9], dtype=torch.float64)
+    pos = torch.tensor([0, 3])
+    x, t = logits.numpy(), target.numpy()
+    got = heatmap_focal_loss(logits, target, pos)  # defaults: alpha 0.25, beta 4, gamma 2, clamp 1e-4
+    assert [float(v) for v in got] == pytest.approx(focal(x, t, [0, 3]), rel=1e-10)
+    got = heatmap_focal_loss(logits, target, pos, sigmoid_clamp=1e-2)  # p(12) = 0.99 and p(-12) = 0.01
+    assert [float(v) for v in got] == pytest.approx(focal(x, t, [0, 3], clamp=1e-2), rel=1e-10)
+    # IGNORE_HIGH_FP 0.5: p = 0.5 (logit 0) is no longer penalised (p < th), nor 0.82 nor 1
+    _, neg = heatmap_focal_loss(logits, target, pos, alpha=-1.0, ignore_high_fp=0.5)
+    keep = [1, 4]
+    _, want = focal(x[keep], t[keep], [], alpha=0.0)
+    assert float(neg) == pytest.approx(want, rel=1e-10)
+    _, neg = heatmap_focal_loss(logits, target, pos, alpha=-1.0, ignore_high_fp=0.0)  # 0: off, as -1
+    assert float(neg) == pytest.approx(focal(x, t, [0, 3], alpha=0.0)[1], rel=1e-10)
+    # alpha 0 still weights (CenterNet2: alpha >= 0): no positive term, the negatives in full
+    pos_l, neg_l = heatmap_focal_loss(logits, target, pos, alpha=0.0)
+    _, full = focal(x, t, [0, 3], alpha=0.0)
+    assert float(pos_l) == 0 and float(neg_l) == pytest.approx(full, rel=1e-10)
+
+
+# level 0 (2 x 3) p = .71 .38 .88 .12 .52 .77, level 1 (1 x 2) p = .29 .60: above 0.3, five
+# locations on level 0 and one on level 1, whose .60 ranks below level 0's third best
+TOPK_HEAT = [torch.tensor([0.9, -0.5, 2.0, -2.0, 0.1, 1.2]).view(1, 1, 2, 3), torch.tensor([-0.9, 0.405]).view(1, 1, 1, 2)]
+TOPK_GRIDS = [torch.tensor([[2.0, 2.0], [6.0, 2.0], [10.0, 2.0], [2.0, 6.0], [6.0, 6.0], [10.0, 6.0]]),
+              torch.tensor([[4.0, 4.0], [12.0, 4.0]])]
+
+
+@pytest.mark.parametrize("pre, post, test_logits", [
+    ((7, 2), (9, 9), [2.0, 1.2, 0.405]),  # the test pre-NMS top 2 of level 0 lets level 1's .60 in
+    ((7, 7), (9, 2), [2.0, 1.2]),  # the test post-NMS top 2 over both levels
+])
+def test_pre_and_post_nms_topk_follow_the_mode(pre, post, test_logits):
+    gen = generator(score_thresh=0.3, pre_nms_topk=pre, post_nms_topk=post, nms_thresh=(1.0, 1.0))
+    regs = [torch.ones(1, 4, 2, 3), torch.ones(1, 4, 1, 2)]
+    out = gen.eval().predict_proposals(TOPK_GRIDS, TOPK_HEAT, regs, [(12, 16)])[0]
+    want = [math.sqrt(1 / (1 + math.exp(-x))) for x in test_logits]  # the kept heatmap logits
+    assert out.objectness_logits.sigmoid().tolist() == pytest.approx(want, rel=1e-5)
+    assert len(gen.train().predict_proposals(TOPK_GRIDS, TOPK_HEAT, regs, [(12, 16)])[0]) == 6  # 7 and 9
+
+
+def test_proposals_of_each_image_come_from_its_own_maps():
+    """Two images of a batch, of different sizes: each gets its own size and the proposals of
+    its own maps (those of a batch of one)."""
+    gen = generator(score_thresh=0.3, nms_thresh=(1.0, 1.0)).eval()
+    g = torch.Generator().manual_seed(6)
+    heat = [torch.cat([TOPK_HEAT[0], -TOPK_HEAT[0]]), torch.cat([TOPK_HEAT[1], TOPK_HEAT[1] + 1])]
+    regs = [torch.rand(2, 4, 2, 3, generator=g) * 2, torch.rand(2, 4, 1, 2, generator=g)]
+    out = gen.predict_proposals(TOPK_GRIDS, heat, regs, [(12, 16), (10, 14)])
+    assert [o.image_size for o in out] == [(12, 16), (10, 14)]
+    for i, size in enumerate([(12, 16), (10, 14)]):
+        one = gen.predict_proposals(TOPK_GRIDS, [h[i:i + 1] for h in heat], [r[i:i + 1] for r in regs], [size])[0]
+        torch.testing.assert_close(out[i].proposal_boxes.tensor, one.proposal_boxes.tensor)
+        torch.testing.assert_close(out[i].objectness_logits, one.objectness_logits)
+    assert len(out[0]) != len(out[1])

@@ -19,11 +19,24 @@ from pomp_det.fast_rcnn import PompFastRCNNOutputLayers, federated_classes, sele
 C = 5  # foreground classes; column C is the background
 
 
+@pytest.fixture(autouse=True)
+def global_rng_left_as_found():
+    """The federated classes and detectron2's proposal sampling draw from torch's global RNG:
+    each test leaves it as it found it (other tests, e.g. the golden ones, seed it themselves)."""
+    with torch.random.fork_rng(devices=[]):
+        yield
+
+
 def predictor(num_classes=C, **kw):
-    torch.manual_seed(0)
     kw.setdefault("cls_agnostic_bbox_reg", True)
-    return PompFastRCNNOutputLayers(ShapeSpec(channels=6), box2box_transform=Box2BoxTransform((10, 10, 5, 5)),
-                                    class_embeddings=torch.randn(num_classes, 4), **kw)
+    with torch.random.fork_rng(devices=[]):  # seeded layers; the global RNG is left as it was
+        torch.manual_seed(0)
+        return PompFastRCNNOutputLayers(ShapeSpec(channels=6), box2box_transform=Box2BoxTransform((10, 10, 5, 5)),
+                                        class_embeddings=torch.randn(num_classes, 4), **kw)
+
+
+def randn(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def bce(x: float, t: float) -> float:
@@ -180,7 +193,7 @@ def test_image_label_loss_counts_images_without_proposals():
     props = label_proposals()
     empty = Instances((10, 10))
     empty.proposal_boxes = Boxes(torch.zeros(0, 4))
-    scores = torch.randn(6, C + 1, dtype=torch.float64)
+    scores = randn(6, C + 1, seed=6, dtype=torch.float64)
     p = predictor()
     two = p.image_label_losses((scores, None), props, [[1], [2]])
     three = p.image_label_losses((scores, None), [props[0], empty, props[1]], [[1], [0], [2]])
@@ -211,7 +224,7 @@ def test_predict_probs_is_the_geometric_mean_with_objectness_per_image():
     props = label_proposals()
     props[0].objectness_logits = torch.tensor([0.5, -1.0, 2.0, 0.0, -0.3])
     props[1].objectness_logits = torch.tensor([1.5])
-    scores = torch.randn(6, C + 1)
+    scores = randn(6, C + 1, seed=7)
     p = predictor()
     probs = p.predict_probs((scores, None), props)
     obj = torch.cat([props[0].objectness_logits, props[1].objectness_logits]).sigmoid()
@@ -228,7 +241,7 @@ def test_predict_probs_is_the_geometric_mean_with_objectness_per_image():
 def test_softmax_mode_uses_detectron2s_cross_entropy():
     p = predictor(use_sigmoid_ce=False, use_fed_loss=False)
     props = proposals_with_targets()
-    scores = torch.randn(5, C + 1)
+    scores = randn(5, C + 1, seed=8)
     with EventStorage():
         losses = p.losses((scores, torch.zeros(5, 4)), props)
     want = torch.nn.functional.cross_entropy(scores, torch.tensor([1, 4, C, C, C]))
@@ -260,9 +273,9 @@ def test_constructor_defaults_and_errors():
 
 def test_set_class_embeddings_resets_the_class_count_and_weights():
     p = predictor(fed_loss_weight=torch.arange(C).float())
-    p.set_class_embeddings(torch.randn(7, 4))
+    p.set_class_embeddings(randn(7, 4, seed=9))
     assert p.num_classes == 7 and torch.equal(p.fed_loss_weight, torch.ones(7))
-    p.set_class_embeddings(torch.randn(3, 4), torch.tensor([1.0, 0.0, 2.0]))
+    p.set_class_embeddings(randn(3, 4, seed=10), torch.tensor([1.0, 0.0, 2.0]))
     assert p.num_classes == 3 and p.fed_loss_weight.tolist() == [1.0, 0.0, 2.0]
 
 
@@ -307,11 +320,15 @@ def test_from_config_reads_every_pomp_key(tmp_path):
 
 def test_from_config_overrides_share_the_first_stages_embeddings(tmp_path):
     cfg = pomp_cfg(tmp_path)
-    emb = torch.randn(C, 4)
+    emb = randn(C, 4, seed=11)
     weight = torch.tensor([1.0, 0.0, 2.0, 3.0, 0.5])
     p = PompFastRCNNOutputLayers(cfg, ShapeSpec(channels=6), class_embeddings=emb, fed_loss_weight=weight)
     torch.testing.assert_close(p.cls_score.embeddings, torch.nn.functional.normalize(emb, dim=1))
     assert torch.equal(p.fed_loss_weight, weight) and p._fed_loss_weight_source is None
+    # the given embeddings are the vocabulary: the config's file (5 rows) is not read
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
+    three = PompFastRCNNOutputLayers(cfg, ShapeSpec(channels=6), class_embeddings=emb[:3], fed_loss_weight=weight[:3])
+    assert three.num_classes == 3 and torch.equal(three.fed_loss_weight, weight[:3])
 
 
 def test_selected_proposal_area_uses_each_boxes_own_corners():
@@ -371,11 +388,17 @@ def test_federated_draw_is_detics_under_the_same_seed():
     weight = torch.tensor([0.5, 1.0, 2.0, 0.0, 3.0, 1.5])  # C = 6; class 3 has weight 0
     gt = torch.tensor([1, 6, 1, 4])  # classes 1 and 4 and the background: 3 of the 5
     for seed in range(6):
-        torch.manual_seed(seed)
-        got = federated_classes(gt, 5, weight)
-        torch.manual_seed(seed)
-        drawn = torch.multinomial(torch.tensor([0.5, 0.0, 2.0, 0.0, 0.0, 1.5, 0.0]), 2, replacement=False)
+        with torch.random.fork_rng(devices=[]):  # federated_classes draws from the global RNG
+            torch.manual_seed(seed)
+            got = federated_classes(gt, 5, weight)
+            ours_next = torch.rand(3)
+            torch.manual_seed(seed)
+            drawn = torch.multinomial(torch.tensor([0.5, 0.0, 2.0, 0.0, 0.0, 1.5, 0.0]), 2, replacement=False)
+            detics_next = torch.rand(3)
         assert got.tolist() == [1, 4] + drawn.tolist()
+        # the draw leaves the RNG where Detic's leaves it: the next draws (the next stage's
+        # classes, detectron2's sampling) stay Detic's too
+        assert torch.equal(ours_next, detics_next)
 
 
 def test_from_config_softmax_mode_and_the_class_count_message(tmp_path):
@@ -393,3 +416,61 @@ def test_federated_weights_follow_the_predictor_to_its_device():
     p = predictor().to("meta")  # a device other than the weights' own (CPU)
     p.set_fed_loss_weight(torch.arange(C).float())
     assert p.fed_loss_weight.device.type == "meta" and p.fed_loss_weight.shape == (C,)
+
+
+def test_constructor_defaults_the_bias_and_the_buffers():
+    """No class bias by default (its init 0 when on); the federated weights and the class
+    embeddings stay out of the state dict: a checkpoint loads under any vocabulary."""
+    p = predictor()
+    assert p.cls_score.bias is None
+    assert float(predictor(use_bias=True).cls_score.bias) == 0.0
+    assert not [k for k in p.state_dict() if "fed_loss_weight" in k or "embeddings" in k]
+    assert torch.equal(p.fed_loss_weight, torch.ones(C)) and p._fed_loss_weight_source is None
+
+
+def test_box_reg_mlp_initialisation_is_detics():
+    """Detic's regressor: c2_xavier_fill on the hidden layer (uniform within sqrt(3 / fan_in),
+    bias 0), N(0, 0.001) on the output (bias 0); not nn.Linear's default init."""
+    mlp = predictor(box_reg_mlp=True).bbox_pred
+    bound = math.sqrt(3 / 6)
+    assert torch.count_nonzero(mlp[0].bias) == 0
+    assert float(mlp[0].weight.abs().max()) <= bound and float(mlp[0].weight.abs().max()) > 1 / math.sqrt(6)
+    assert 0.0005 < float(mlp[2].weight.std()) < 0.002 and torch.count_nonzero(mlp[2].bias) == 0
+
+
+def test_from_config_box_reg_mlp_needs_class_agnostic_regression(tmp_path):
+    """MODEL.POMP.BOX_REG_MLP applies to class-agnostic regression only: with per-class boxes
+    the predictor keeps detectron2's linear regressor (4 per class), no error."""
+    cfg = pomp_cfg(tmp_path, BOX_REG_MLP=True)
+    cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
+    p = PompFastRCNNOutputLayers(cfg, ShapeSpec(channels=6))
+    assert isinstance(p.bbox_pred, torch.nn.Linear) and p.bbox_pred.out_features == 4 * C
+    off = pomp_cfg(tmp_path, BOX_REG_MLP=False)
+    assert isinstance(PompFastRCNNOutputLayers(off, ShapeSpec(channels=6)).bbox_pred, torch.nn.Linear)
+
+
+def test_from_config_defaults_are_the_pomp_configs(tmp_path):
+    """Built from get_pomp_cfg()'s defaults: the predictor's settings are the config's (written
+    out here), not the constructor's keyword defaults where they differ (BIAS_INIT)."""
+    cfg = pomp_cfg(tmp_path, USE_BIAS=True, FED_LOSS_WEIGHTS="train_boxes")
+    p = PompFastRCNNOutputLayers(cfg, ShapeSpec(channels=6))
+    assert p.cls_score.temperature == 50.0 and float(p.cls_score.bias) == pytest.approx(-4.6)
+    assert (p.use_sigmoid_ce, p.use_fed_loss, p.fed_loss_num_classes) == (True, True, 50)
+    assert (p.mult_proposal_score, p.proposal_score_in_probs) == (True, True)
+    assert (p.image_label_loss, p.image_label_topk, p.image_label_weight) == ("max_size", 128, 0.1)
+    assert isinstance(p.bbox_pred, torch.nn.Sequential) and p.num_classes == C
+    # the weights' source reads the config as built, not as changed afterwards
+    cfg.MODEL.POMP.FED_LOSS_WEIGHTS = "nonsense"
+    torch.testing.assert_close(p._fed_loss_weight_source(), torch.ones(C))
+
+
+def test_from_config_honours_an_explicit_federated_weight(tmp_path):
+    """fed_loss_weight given without class_embeddings: the given weights, not the config's
+    lazy source (which would replace them at the first loss)."""
+    weight = torch.tensor([1.0, 0.0, 2.0, 3.0, 0.5])
+    p = PompFastRCNNOutputLayers(pomp_cfg(tmp_path, FED_LOSS_WEIGHTS="train_boxes"), ShapeSpec(channels=6),
+                                 fed_loss_weight=weight)
+    assert torch.equal(p.fed_loss_weight, weight) and p._fed_loss_weight_source is None
+    source = lambda: torch.arange(C, dtype=torch.float)  # noqa: E731
+    p = PompFastRCNNOutputLayers(pomp_cfg(tmp_path), ShapeSpec(channels=6), fed_loss_weight=source)
+    assert p._fed_loss_weight_source is source
