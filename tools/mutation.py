@@ -89,6 +89,10 @@ COVERING: Dict[str, List[str]] = {
     + [f"tests/seg/test_record_crop.py::test_{t}" for t in (
         "views_are_filled_outside_their_class_at_their_own_size", "a_view_needs_a_record_and_the_fill_a_known_name",
         "box_crops_take_the_fill_too")],
+    "pomp_seg/class_records.py": ["tests/seg/test_values_class_records.py",
+                                  "tests/seg/test_class_records.py::test_listed_labels_are_those_mmseg_loads",
+                                  "tests/seg/test_class_count_cache.py::test_a_relative_cache_lives_in_the_data_root_and_moves_with_it",
+                                  "tests/seg/test_record_crop.py::test_a_dropped_record_is_replaced_by_another"],
     "pomp_seg/text_encoder.py": [f"tests/seg/test_values_segmentor.py::test_{t}" for t in (
         "templates_are_averaged_after_normalising_each", "background_row_is_normalised_and_scaled",
         "encode_keeps_the_asked_order_with_repeats_and_without_a_cache", "clip_text_encoder_sizes_are_checked",
