@@ -254,15 +254,21 @@ def test_without_a_crop_classifier_the_visual_tower_is_set_aside_and_the_table_s
 def test_a_checkpoint_that_does_not_fit_is_refused_with_the_report():
     theirs, ours = theirs_state(), ours_state()
     theirs[PRED + "query_embed.weight"] = torch.zeros(5, 8)  # 5 queries, ours 4
+    # misshapen keys whose names need their keys (the last pixel decoder layer) and ours (a
+    # one-layer query projection): their targets are not missing either
+    theirs[PIX + "layer_2.weight"] = torch.zeros(8, 16, 1, 1)
+    theirs[PRED + "class_embed.layers.0.weight"] = torch.zeros(6, 9)
     theirs[PRED + "mask_embed.layers.0.weight"] = torch.zeros(8, 8)  # ours has no mask_embed
     theirs["sem_seg_head.extra.weight"] = torch.zeros(2)  # no rule
     del theirs[PIX + "layer_1.weight"]  # ours output_convs.0 stays empty
     want = ("the zsseg checkpoint does not fit this model (a zsseg_r101c config at the checkpoint's widths, "
             "region_text_encoder=None unless it has a region_clip_adapter):\n"
-            "10 mapped (to 11 of ours), 5 set aside, 1 filled, 2 unexpected, 1 missing, 1 of another shape\n"
+            "8 mapped (to 9 of ours), 5 set aside, 1 filled, 2 unexpected, 1 missing, 3 of another shape\n"
             + "".join(f"  set aside (1): {r}\n" for r in ASIDE.values())
             + f"  unexpected: {PRED}mask_embed.layers.0.weight\n  unexpected: sem_seg_head.extra.weight\n"
             f"  missing: {D_PIX}output_convs.0.conv.weight\n"
+            f"  shape: {PIX}layer_2.weight (8, 16, 1, 1) -> ours (8, 16, 3, 3)\n"
+            f"  shape: {PRED}class_embed.layers.0.weight (6, 9) -> ours (6, 8)\n"
             f"  shape: {PRED}query_embed.weight (5, 8) -> ours (4, 8)")
     with pytest.raises(ValueError) as err:
         zc.convert_model(theirs, module_of(ours))
@@ -506,6 +512,9 @@ def test_the_model_command_writes_the_checkpoint_and_the_prompt(tmp_path, capsys
     zc.main(["model", str(ckpt), "--config", str(config), "--out", str(other)])
     assert capsys.readouterr().out.splitlines()[-1] == f"wrote {other}" and sorted(p.name for p in tmp_path.iterdir()) == [
         "golden.py", "mmseg.pth", "other.pth", "prompt.pth"]
+    with pytest.raises(KeyError, match="Not=AHead"):  # the value is what follows the first '='
+        zc.main(["model", str(ckpt), "--config", str(config), "--out", str(other),
+                 "--cfg-options", "model.decode_head.type=Not=AHead"])
     width = state[PRED + "query_embed.weight"].shape[1]
     with pytest.raises(ValueError, match=rf"shape: {PRED}query_embed\.weight \(6, {width}\) -> ours \(7, {width}\)"):
         zc.main(["model", str(ckpt), "--config", str(config), "--out", str(other),
@@ -534,9 +543,11 @@ def test_the_commands_help_says_what_each_does(capsys):
     with pytest.raises(SystemExit):
         zc.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
+    # the module docstring's first paragraph, then each command's line
     assert "ZSSeg / POMP-release checkpoints in pomp_seg: the key maps from detectron2's DeepLab ResNet" in text
-    assert "detectron2's R-103.pkl -> the mmseg ResNetV1c init_cfg checkpoint" in text
-    assert "a zsseg / POMP-release stage-(b) checkpoint -> an mmseg checkpoint" in text
+    assert "(as ``pomp_det.detic_checkpoint`` does for Detic). positional arguments:" in text
+    assert ("{backbone,model} backbone detectron2's R-103.pkl -> the mmseg ResNetV1c init_cfg checkpoint "
+            "model a zsseg / POMP-release stage-(b) checkpoint -> an mmseg checkpoint ") in text
     with pytest.raises(SystemExit):
         zc.main(["model", "--help"])
     text = " ".join(capsys.readouterr().out.split())
