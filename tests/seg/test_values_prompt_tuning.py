@@ -75,6 +75,28 @@ def test_defaults_are_zssegs():
         tuner(fill="grey")
 
 
+def test_clip_prompt_preprocessor_and_init_arguments_reach_their_builders(tiny_clip, monkeypatch, tmp_path):
+    import pomp_seg.prompt_tuning as pt
+    from pomp_core import PromptLearner, save_prompt
+
+    calls = {}
+    monkeypatch.setattr(pt, "build_clip", lambda name, pretrained: calls.setdefault("clip", []).append(
+        (name, pretrained)) or tiny_clip[:2])
+    real = pt.build_prompt
+    monkeypatch.setattr(pt, "build_prompt", lambda *a: calls.setdefault("prompt", []).append(a[2:]) or real(*a))
+    pt.PromptTuner(class_split="ZeroShotVOCDataset", init_words="a photo of a")  # ZSSeg's CLIP by default
+    path = save_prompt(PromptLearner(n_ctx=3, width=64, ctx=torch.zeros(3, 64)), tmp_path / "p.pth")
+    model = pt.PromptTuner(class_split="ZeroShotVOCDataset", clip_model="pomp-tiny", clip_pretrained="w.pt",
+                           prompt=str(path), prompt_trusted=True, init_cfg=dict(type="Normal", std=0.1),
+                           data_preprocessor=dict(type="SegDataPreProcessor", mean=[1.0, 2.0, 3.0],
+                                                  std=[4.0, 5.0, 6.0]))
+    assert calls["clip"] == [("ViT-B-16", "openai"), ("pomp-tiny", "w.pt")]
+    assert calls["prompt"] == [(None, "a photo of a", False), (str(path), None, True)]
+    assert model.prompt.ctx.shape == (3, 64) and model.init_cfg == dict(type="Normal", std=0.1)
+    assert type(model.data_preprocessor).__name__ == "SegDataPreProcessor"
+    torch.testing.assert_close(model.data_preprocessor.std.flatten(), torch.tensor([4.0, 5.0, 6.0]))
+
+
 @pytest.mark.parametrize("record, name", [(1, "fig"), (3, "pear"), (5, "out of range"), (-1, "out of range")])
 def test_a_record_outside_the_seen_classes_is_refused_by_name(split, record, name):
     model = tuner(split)
@@ -105,22 +127,23 @@ def test_views_without_a_record_are_refused():
 def test_views_by_hand(split, fill):
     model = tuner(split, crop_in_pipeline=True, fill=fill, min_pixels=3)
     g = torch.Generator().manual_seed(0)
-    inputs = torch.randn(3, 3, 40, 44, generator=g)  # a padded batch: the views are 30 x 28, 30 x 28, 32 x 20
+    inputs = torch.randn(3, 3, 40, 44, generator=g)  # a padded batch: the views are 30 x 28, 32 x 20, 30 x 28
     segs = torch.full((3, 40, 44), 255)
     segs[0, 4:6, 2:5] = 4  # six pixels of plum inside the 30 x 28 view
     segs[0, 35:40, 0:44] = 4  # and more in the padding: not part of the view
-    segs[1, 10, 3:6] = 2  # three pixels of lime: exactly min_pixels, kept
-    segs[1, 12, 1] = 4  # another class: filled
-    segs[2, 0, 0:2] = 0  # two pixels of kiwi in the view: under min_pixels, no view
-    segs[2, 5:9, 25:27] = 0  # (eight more outside the 32 x 20 view)
-    samples = [sample(segs[0], img_shape=(30, 28), category_id=4), sample(segs[1], img_shape=(30, 28), category_id=2),
-               sample(segs[2], img_shape=(32, 20), category_id=0)]
+    segs[1, 0, 0:2] = 0  # two pixels of kiwi in the view: under min_pixels, no view
+    segs[1, 5:9, 25:27] = 0  # (eight more outside the 32 x 20 view)
+    segs[2, 10, 3:6] = 2  # three pixels of lime: exactly min_pixels, kept
+    segs[2, 12, 1] = 4  # another class: filled
+    # the view without enough of its class sits between the two others: the one after it counts
+    samples = [sample(segs[0], img_shape=(30, 28), category_id=4), sample(segs[1], img_shape=(32, 20), category_id=0),
+               sample(segs[2], img_shape=(30, 28), category_id=2)]
     crops, logits, labels = model.crop_logits(inputs, samples)
     assert labels == [2, 1] and crops.shape == (2, 3, 30, 28) and logits.shape == (2, 3)
     value = torch.tensor(GREY if fill == "normalised_mean" else [0.0] * 3).view(3, 1, 1)
-    for k, c in ((0, 4), (1, 2)):
-        mask = segs[k, :30, :28] == c
-        torch.testing.assert_close(crops[k], torch.where(mask, model.crops.to_clip(inputs[k, :, :30, :28]), value))
+    for k, (b, c) in enumerate(((0, 4), (2, 2))):
+        mask = segs[b, :30, :28] == c
+        torch.testing.assert_close(crops[k], torch.where(mask, model.crops.to_clip(inputs[b, :, :30, :28]), value))
 
 
 def test_view_logits_by_hand(split):
