@@ -41,6 +41,15 @@ def test_raw_label_values_are_the_distinct_values_ascending(tmp_path):
     assert class_records.raw_label_values(png(tmp_path / "a.png", [9, 0, 255, 3, 9])) == [0, 3, 9, 255]
 
 
+def test_a_palette_annotation_gives_its_indices_not_its_colours(tmp_path):
+    """VOC's SegmentationClass PNGs are palette images: the labels are the indices (as mmseg's
+    LoadAnnotations reads them with pillow, unchanged), whatever colours the palette gives them."""
+    img = Image.fromarray(np.array([[0, 1, 2], [15, 255, 1]], np.uint8), mode="P")
+    img.putpalette([v for i in range(256) for v in ((i * 7) % 256, (i * 13) % 256, 200)])
+    img.save(tmp_path / "voc.png")
+    assert class_records.raw_label_values(str(tmp_path / "voc.png")) == [0, 1, 2, 15, 255]
+
+
 @pytest.mark.parametrize("cache, root, want", [
     (None, "data/x", None), ("", "data/x", None), ("/abs/c.json", "data/x", "/abs/c.json"),
     ("rel/c.json", None, "rel/c.json"), ("rel/c.json", "", "rel/c.json"), ("rel/c.json", "data/x", "data/x/rel/c.json"),
@@ -236,19 +245,21 @@ def test_a_dropped_record_is_replaced_by_a_random_one(tmp_path, global_numpy_rng
     assert item["info"]["name"] == data.infos[image]["name"] and item["data_samples"].metainfo["category_id"] == label
     dropped.update({"b_", "c", "d"})
     ds.max_refetch = 2
+    calls = []
+    data.pipeline = lambda info: calls.append(info["name"])  # None: every record dropped
     with pytest.raises(RuntimeError, match=r"^ClassRecordDataset: the pipeline returned None for 3 records in a row; "
                                            r"check that the pipeline's crop \(RecordMaskCrop\) can hold the record's "
                                            r"class$"):
         ds[1]
+    assert len(calls) == 3 and calls[0] == "a"  # the record, then two others
 
 
 class Concat:
     """mmengine's ConcatDataset as ClassRecordDataset sees it: parts with their own pipelines."""
 
     def __init__(self, *parts):
-        self.datasets = parts
+        self.datasets = parts  # no data_root: the parts have their own
         self.metainfo = parts[0].metainfo
-        self.data_root = None
 
     def full_init(self):
         pass
@@ -267,9 +278,9 @@ class Concat:
 
 def test_each_record_goes_through_its_parts_pipeline(tmp_path):
     parts = [Items(tmp_path / str(k), files, pipeline=lambda info, k=k: dict(part=k, data_samples=SegDataSample()))
-             for k, files in enumerate(([("a", [0])], [("b", [2]), ("c", [4])]))]
+             for k, files in enumerate(([("a", [4])], [("b", [0]), ("c", [2])]))]
     ds = ClassRecordDataset(Concat(*parts), sample_per_class=-1)
-    assert ds.records == [(0, 0), (1, 2), (2, 4)]
+    assert ds.records == [(0, 4), (1, 0), (2, 2)]  # (image, class): the part follows the image
     assert [ds[k]["part"] for k in range(3)] == [0, 1, 1]
 
 
@@ -290,11 +301,23 @@ def test_a_dataset_without_a_split_is_refused(tmp_path):
 
 def test_the_log_line_names_the_draw(tmp_path, capsys):
     name = "pomp-class-records-test"
-    MMLogger.get_instance(name)  # now the current logger, which print_log writes to (this test's stdout)
+    MMLogger.get_instance(name)  # now the current logger (print_log writes "<time> - mmengine - INFO - ...")
     try:
         records(tmp_path, MANY, sample_per_class=5, seed=3, replace=False)
     finally:
         MMLogger._instance_dict.pop(name)  # the former current logger again
     out = capsys.readouterr().out
-    assert ("ClassRecordDataset: 14 (image, class) records of 3 seen classes from 12 images "
+    assert (" - INFO - ClassRecordDataset: 14 (image, class) records of 3 seen classes from 12 images "
             "(sample_per_class=5, seed=3, replace=False); fewest 4") in out
+
+
+def test_a_dataset_without_seen_classes_logs_no_records(tmp_path, capsys):
+    name = "pomp-class-records-test-empty"
+    MMLogger.get_instance(name)
+    try:
+        ds = records(tmp_path, [("a", [1, 3]), ("b", [3, 255])], sample_per_class=3)
+    finally:
+        MMLogger._instance_dict.pop(name)
+    assert ds.records == [] and len(ds) == 0
+    assert (" - INFO - ClassRecordDataset: 0 (image, class) records of 0 seen classes from 2 images "
+            "(sample_per_class=3, seed=0, replace=True); fewest 0") in capsys.readouterr().out
