@@ -140,6 +140,40 @@ def test_the_last_pixel_decoder_layer_follows_the_adapters_count(adapters, last)
     assert zc.model_keys(PIX + "adapter_1.weight", their, []) == [D_PIX + "lateral_convs.0.conv.weight"]
 
 
+SIGNALS = "embeddings of CLIP's SOS, '.', EOS and pad tokens; our encoder reads them from CLIP's token embedding"
+
+
+@pytest.mark.parametrize("key, reason", [
+    ("clip_adapter.clip_model.logit_scale", "zsseg scores queries and crops with a fixed temperature 100 "
+                                            "(ClipAdapter.get_sim_logits): model.clip_temperature"),
+    *[(f"{o}clip_adapter.prompt_learner.{t}_signal", SIGNALS) for o in ("", "region_") for t in ("start", "dot", "end",
+                                                                                               "pad")],
+    ("region_clip_adapter.clip_model.visual.proj", "a second copy of the same frozen CLIP; ours is shared"),
+    ("region_clip_adapter.clip_model.token_embedding.weight", "a second copy of the same frozen CLIP; ours is shared"),
+    ("region_clip_adapter.non_object_embedding",
+     "unused: zsseg drops the crops' no-object column before the softmax"),
+    ("clip_adapter.pixel_mean", "CLIP's pixel statistics: pomp_seg.clip.CLIP_MEAN / CLIP_STD"),
+    ("region_clip_adapter.pixel_std", "CLIP's pixel statistics: pomp_seg.clip.CLIP_MEAN / CLIP_STD"),
+    ("pixel_mean", "the backbone's input statistics: model.data_preprocessor.mean / std"),
+    ("pixel_std", "the backbone's input statistics: model.data_preprocessor.mean / std"),
+    ("criterion.empty_weight", "the no-object class weight 0.1: decode_head.loss_cls.class_weight"),
+    ("clip_adapter.prompt_learner.ctx", None), ("clip_adapter.non_object_embedding", None),
+    ("clip_adapter.clip_model.visual.proj", None), ("clip_adapter.prompt_learner.begin_signal", None),
+    ("backbone.pixel_mean", None), ("criterion.weight", None),
+])
+def test_model_set_aside_table(key, reason):
+    reasons = [r for p, r in zc.MODEL_SET_ASIDE.items() if re.fullmatch(p, key)]
+    assert reasons == ([reason] if reason else [])
+
+
+@pytest.mark.parametrize("key, aside", [("fc1000.weight", True), ("fc1000.bias", True), ("linear.weight", True),
+                                        ("fc.bias", True), ("stem.fc.weight", True), ("res5.fc.weight", False),
+                                        ("fc1000.running_mean", False), ("stem.conv1.weight", False)])
+def test_resnet_set_aside_table(key, aside):
+    reasons = [r for p, r in zc.RESNET_SET_ASIDE.items() if re.fullmatch(p, key)]
+    assert reasons == ([RESNET_AIDE] if aside else [])
+
+
 # -- a conversion's report and tensors, on hand-made state dicts ---------------------------------
 def module_of(state):
     """A module whose state_dict is ``state`` (names with dots become submodules)."""
