@@ -77,6 +77,23 @@ COVERING: Dict[str, List[str]] = {
     + ["tests/seg/test_recipe.py::test_empty_proposal_gets_a_neutral_clip_probability",
        "tests/seg/test_components.py::test_ensemble_formula_by_hand",
        "tests/seg/test_components.py::test_pixel_scores_sum_over_queries"],
+    "pomp_seg/record_crop.py": ["tests/seg/test_values_record_crop.py", "tests/seg/test_stage_a_golden.py"]
+    + [f"tests/seg/test_record_crop.py::test_{t}" for t in (
+        "the_box_loses_the_last_row_and_column_as_zssegs", "the_random_crop_falls_back_to_the_centre_at_the_nearest_aspect",
+        "the_view_is_height_by_width_with_the_labels_resized_nearest",
+        "a_view_without_the_class_is_dropped_unless_asked_to_keep_it")],
+    "pomp_seg/zsseg_checkpoint.py": ["tests/seg/test_values_zsseg_checkpoint.py"]
+    + [f"tests/seg/test_zsseg_checkpoint.py::test_{t}" for t in (
+        "resnet_keys", "model_keys", "a_one_layer_query_projection_is_a_linear", "set_aside_keys_have_a_reason")],
+    "pomp_seg/prompt_tuning.py": ["tests/seg/test_values_prompt_tuning.py",
+                                  "tests/seg/test_class_records.py::test_prompt_tuner_crops_a_records_class_alone"]
+    + [f"tests/seg/test_record_crop.py::test_{t}" for t in (
+        "views_are_filled_outside_their_class_at_their_own_size", "a_view_needs_a_record_and_the_fill_a_known_name",
+        "box_crops_take_the_fill_too")],
+    "pomp_seg/class_records.py": ["tests/seg/test_values_class_records.py",
+                                  "tests/seg/test_class_records.py::test_listed_labels_are_those_mmseg_loads",
+                                  "tests/seg/test_class_count_cache.py::test_a_relative_cache_lives_in_the_data_root_and_moves_with_it",
+                                  "tests/seg/test_record_crop.py::test_a_dropped_record_is_replaced_by_another"],
     "pomp_seg/text_encoder.py": [f"tests/seg/test_values_segmentor.py::test_{t}" for t in (
         "templates_are_averaged_after_normalising_each", "background_row_is_normalised_and_scaled",
         "encode_keeps_the_asked_order_with_repeats_and_without_a_cache", "clip_text_encoder_sizes_are_checked",
