@@ -95,6 +95,7 @@ COVERING: Dict[str, List[str]] = {
     "pomp_core/pretrain/proposals.py": ["tests/core/test_values.py"],
     "pomp_core/pretrain/augment.py": ["tests/core/test_values.py"],
     "tools/export_prompt.py": ["tests/core/test_values.py", "tests/core/pretrain/test_release_checkpoints.py"],
+    "pomp_world/report.py": ["tests/world/test_values_report.py"],
 }
 STATUS = ("killed", "survived", "no tests", "timeout", "suspicious", "skipped", "segfault",
           "caught by type check", "not checked")

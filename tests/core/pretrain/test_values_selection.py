@@ -1,0 +1,225 @@
+"""Value tests of pre-training's model selection (pomp_core/pretrain/selection.py: per-epoch
+prompts, the first best epoch), its step order (pomp_core/pretrain/train_data.py: StepSampler,
+TrainData, build_train_data's checks) and its few-shot subsample
+(pomp_core/pretrain/data.build_split_index: ``shots`` per class, seeded, smaller classes keep all)."""
+import random
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from pomp_core.prompt import PromptLearner
+from pomp_core.prompt_io import load_prompt, read_extra
+from pomp_core.pretrain import data as pdata
+from pomp_core.pretrain import train_data as td
+from pomp_core.pretrain.config import PretrainConfig
+from pomp_core.pretrain.distributed import ProcessGroup
+from pomp_core.pretrain.selection import (BEST, EPOCHS, ModelSelection, best_epoch, epoch_prompt_path,
+                                          epoch_prompts)
+
+
+# ------------------------------------------------------------------ selection.py
+def prompt_with(value: float) -> PromptLearner:
+    return PromptLearner(n_ctx=2, width=4, ctx=torch.full((2, 4), value))
+
+
+def test_epoch_files_are_listed_by_number_not_by_name(tmp_path):
+    assert (EPOCHS, BEST) == ("prompts", "prompt_best.pth")
+    assert epoch_prompt_path(tmp_path, 7) == tmp_path / "prompts" / "epoch_7.pth"
+    assert epoch_prompts(tmp_path) == []  # no folder yet
+    sel = ModelSelection(tmp_path)
+    for e in (10, 2, 1):
+        assert sel.save_epoch(prompt_with(e), e, lr=0.5) == tmp_path / "prompts" / f"epoch_{e}.pth"
+    (tmp_path / "prompts" / "epoch_x.pth").write_bytes(b"")  # not an epoch number
+    (tmp_path / "prompts" / "other.pth").write_bytes(b"")
+    (tmp_path / "prompts" / "epoch_3.pt").write_bytes(b"")
+    assert epoch_prompts(tmp_path) == [(1, tmp_path / "prompts" / "epoch_1.pth"),
+                                       (2, tmp_path / "prompts" / "epoch_2.pth"),
+                                       (10, tmp_path / "prompts" / "epoch_10.pth")]
+    assert epoch_prompts(str(tmp_path))[2][0] == 10
+    assert read_extra(tmp_path / "prompts" / "epoch_10.pth") == {"epoch": 10, "lr": 0.5}
+    assert torch.equal(load_prompt(tmp_path / "prompts" / "epoch_2.pth").ctx.detach(), torch.full((2, 4), 2.0))
+
+
+def test_record_keeps_the_first_of_the_highest(tmp_path):
+    sel = ModelSelection(tmp_path)
+    assert (sel.best_epoch, sel.best_top1) == (None, float("-inf"))
+    assert best_epoch(tmp_path) is None  # no validation yet
+    scores = {1: 0.3, 2: 0.5, 3: 0.5, 4: 0.4999, 5: 0.5001, 6: 0.2}
+    news = [sel.record(prompt_with(e), e, top1, tag="v") for e, top1 in scores.items()]
+    assert news == [True, True, False, False, True, False]
+    assert (sel.best_epoch, sel.best_top1) == (5, 0.5001)
+    assert read_extra(tmp_path / BEST) == {"epoch": 5, "val_top1": 0.5001, "tag": "v"}
+    assert torch.equal(load_prompt(tmp_path / BEST).ctx.detach(), torch.full((2, 4), 5.0))
+    assert best_epoch(tmp_path) == 5 and best_epoch(str(tmp_path)) == 5
+    # a tie: the earlier epoch's prompt stays in the file
+    tie = ModelSelection(tmp_path / "tie")
+    assert tie.record(prompt_with(1), 1, 0.0) is True  # any first score beats "none yet"
+    assert tie.record(prompt_with(2), 2, 0.0) is False
+    assert best_epoch(tmp_path / "tie") == 1
+    assert torch.equal(load_prompt(tmp_path / "tie" / BEST).ctx.detach(), torch.full((2, 4), 1.0))
+
+
+def test_selection_state_round_trip_and_defaults(tmp_path):
+    sel = ModelSelection(tmp_path)
+    sel.record(prompt_with(3), 3, 0.25)
+    assert sel.state_dict() == {"best_epoch": 3, "best_top1": 0.25}
+    resumed = ModelSelection(tmp_path / "r")
+    resumed.load_state_dict(sel.state_dict())
+    assert (resumed.best_epoch, resumed.best_top1) == (3, 0.25)
+    assert resumed.record(prompt_with(4), 4, 0.25) is False and resumed.record(prompt_with(4), 4, 0.26) is True
+    old = ModelSelection(tmp_path / "old")
+    old.best_epoch, old.best_top1 = 9, 0.9
+    old.load_state_dict({})  # a checkpoint from before model selection
+    assert (old.best_epoch, old.best_top1) == (None, float("-inf"))
+
+
+# ------------------------------------------------------------------ train_data.py
+class Items(Dataset):
+    """n items (tensor, label, index), as ImageListDataset returns them; records set_epoch."""
+
+    def __init__(self, n):
+        self.n, self.epochs = n, []
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i)]), i % 3, i
+
+    def set_epoch(self, epoch):
+        self.epochs.append(epoch)
+
+
+def dealt(n, replicas, rank, seed, epoch):
+    """DistributedSampler(shuffle, drop_last) by hand: a seeded permutation, cut to a multiple of
+    the replicas, every replicas-th index from rank."""
+    g = torch.Generator()
+    g.manual_seed(seed + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    per = n // replicas
+    return perm[:per * replicas][rank::replicas]
+
+
+def test_step_sampler_interleaves_the_virtual_ranks_micro_batches():
+    # 50 items, 2 processes x 2 micro-batches = 4 virtual ranks of 12, batches of 3: 4 steps
+    s = td.StepSampler(Items(50), world=2, rank=1, accumulate=2, batch_size=3, seed=5)
+    assert s.steps_per_epoch == 4 and len(s) == 24
+    v2, v3 = dealt(50, 4, 2, 5, 0), dealt(50, 4, 3, 5, 0)
+    expected = [i for step in range(4) for v in (v2, v3) for i in v[3 * step:3 * step + 3]]
+    assert list(s) == expected
+    s.set_epoch(3)
+    v2, v3 = dealt(50, 4, 2, 5, 3), dealt(50, 4, 3, 5, 3)
+    epoch3 = [i for step in range(4) for v in (v2, v3) for i in v[3 * step:3 * step + 3]]
+    assert list(s) == epoch3 and epoch3 != expected
+    # resuming mid-epoch skips the first samples of that epoch only
+    s.set_start(7)
+    assert len(s) == 17 and list(s) == epoch3[7:]
+    assert len(s) == 24 and list(s) == epoch3
+
+
+def test_step_sampler_steps_drop_the_incomplete_batch():
+    # 23 items over 3 virtual ranks: 7 each; batches of 2 -> 3 steps, the 7th sample unused
+    s = td.StepSampler(Items(23), world=3, rank=2, accumulate=1, batch_size=2, seed=0)
+    assert s.steps_per_epoch == 3 and len(s) == 6
+    assert list(s) == dealt(23, 3, 2, 0, 0)[:6]
+
+
+def test_one_process_accumulating_sees_what_that_many_processes_see():
+    one = td.StepSampler(Items(40), world=1, rank=0, accumulate=4, batch_size=2, seed=11)
+    per_rank = [list(td.StepSampler(Items(40), world=4, rank=r, accumulate=1, batch_size=2, seed=11))
+                for r in range(4)]
+    steps = one.steps_per_epoch
+    assert steps == 5
+    assert list(one) == [i for step in range(steps) for r in range(4) for i in per_rank[r][2 * step:2 * step + 2]]
+
+
+def make_train_data(n=30, accumulate=2, batch_size=4):
+    ds = Items(n)
+    sampler = td.StepSampler(ds, world=1, rank=0, accumulate=accumulate, batch_size=batch_size, seed=2)
+    index = pdata.SplitIndex("root", ["a", "b", "c"], [], [])
+    return td.TrainData(index, ["cat", "dog", "owl"], ds, sampler, batch_size, 0, False), ds
+
+
+def test_train_data_start_epoch_and_loader_order():
+    data, ds = make_train_data()
+    assert data.num_classes == 3 and data.steps_per_epoch == 3  # 30 / 2 virtual ranks = 15 -> 3 batches of 4
+    data.start_epoch(2, 1)  # resume in epoch 2 after one step (2 micro-batches of 4)
+    assert ds.epochs == [2] and data.sampler.start == 8
+    order = [i for step in range(3) for r in range(2) for i in dealt(30, 2, r, 2, 2)[4 * step:4 * step + 4]]
+    batches = list(data.loader())
+    assert [b["index"].tolist() for b in batches] == [order[k:k + 4] for k in range(8, 24, 4)]
+    assert [b["labels"].tolist() for b in batches] == [[i % 3 for i in order[k:k + 4]] for k in range(8, 24, 4)]
+    data.start_epoch(0, 0)
+    assert data.sampler.start == 0 and len(list(data.loader())) == 6
+
+
+def config(**over) -> PretrainConfig:
+    cfg = PretrainConfig()
+    for dotted, value in over.items():
+        section, key = dotted.split("__")
+        setattr(getattr(cfg, section), key, value)
+    return cfg
+
+
+def group():
+    return ProcessGroup(world=1, rank=0, local_rank=0, device=torch.device("cpu"))
+
+
+def test_build_train_data_checks_and_builds(tmp_path):
+    items = [(f"c/{k}.png", k % 2) for k in range(10)]
+    index = pdata.SplitIndex(str(tmp_path), ["c0", "c1"], items, [])
+    cfg = config(optim__accumulate=0)
+    with pytest.raises(ValueError, match="optim.accumulate must be at least 1, got 0"):
+        td.build_train_data(cfg, group(), index, ["x", "y"], None, tmp_path)
+    cfg = config(optim__batch_size=11, optim__accumulate=1, data__augment=False, data__workers=0)
+    with pytest.raises(ValueError, match=r"^10 training images give no full batch of 11 per process: "
+                                         r"lower optim.batch_size$"):
+        td.build_train_data(cfg, group(), index, ["x", "y"], None, tmp_path)
+    # 10 images over 2 micro-batches: 5 each, no batch of 6 (one process of batch 6 would have one)
+    cfg = config(optim__batch_size=6, optim__accumulate=2, data__augment=False, data__workers=0)
+    with pytest.raises(ValueError, match=r"^10 training images give no full batch of 6 per process x 2 "
+                                         r"micro-batches: lower optim.batch_size or optim.accumulate$"):
+        td.build_train_data(cfg, group(), index, ["x", "y"], None, tmp_path)
+    cfg = config(optim__batch_size=2, optim__accumulate=2, data__augment=False, data__workers=3, data__views=2,
+                 train__seed=9)
+    data = td.build_train_data(cfg, group(), index, ["x", "y"], None, tmp_path)
+    assert (data.batch_size, data.workers, data.pin_memory, data.class_names) == (2, 3, False, ["x", "y"])
+    assert data.steps_per_epoch == 2 and len(data.sampler.parts) == 2  # 10 / 2 virtual ranks = 5 -> 2 batches
+    assert data.dataset.items == items and data.dataset.views == 2 and data.dataset.seed == 9
+    assert list(data.sampler) == list(td.StepSampler(data.dataset, 1, 0, 2, 2, 9))
+
+
+def test_build_index_needs_a_root():
+    with pytest.raises(ValueError, match="data.root is not set"):
+        td.build_index(config(), group())
+
+
+# ------------------------------------------------------------------ data.build_split_index
+def test_few_shot_subsample_by_hand(tmp_path):
+    sizes = {"n01": 20, "n02": 5, "n03": 2, "n04": 17, "n05": 1}
+    for folder, n in sizes.items():
+        (tmp_path / "root" / folder).mkdir(parents=True)
+        for k in range(n):
+            (tmp_path / "root" / folder / f"img{k:02d}.JPEG").write_bytes(b"")
+        (tmp_path / "root" / folder / "notes.txt").write_text("not an image")
+    index = pdata.build_split_index(tmp_path / "root", shots=16, val_per_class=2, seed=3, cache_dir=tmp_path / "c")
+    # by hand: one generator over the classes in folder order; each class's sorted files shuffled,
+    # the first 2 held out when the class has more than 2, then at most 16 of the rest
+    rng, train, val = random.Random(3), [], []
+    for label, (folder, n) in enumerate(sizes.items()):
+        files = [f"img{k:02d}.JPEG" for k in range(n)]
+        rng.shuffle(files)
+        held = files[:2] if n > 2 else []
+        train += [(f"{folder}/{f}", label) for f in files[len(held):][:16]]
+        val += [(f"{folder}/{f}", label) for f in held]
+    assert index.classes == list(sizes)
+    assert index.train == train and index.val == val
+    per_class = [sum(1 for _, y in index.train if y == c) for c in range(5)]
+    assert per_class == [16, 3, 2, 15, 1]  # 20 - 2 held -> 16 shots; smaller classes keep all they have
+    assert [sum(1 for _, y in index.val if y == c) for c in range(5)] == [2, 2, 0, 2, 0]
+    other = pdata.build_split_index(tmp_path / "root", shots=16, val_per_class=2, seed=4, cache_dir=tmp_path / "c")
+    assert other.train != index.train and sorted(other.train) != sorted(index.train)
+    # the cache returns the same split
+    again = pdata.build_split_index(tmp_path / "root", shots=16, val_per_class=2, seed=3, cache_dir=tmp_path / "c")
+    assert again.train == index.train and again.val == index.val
