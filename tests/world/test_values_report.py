@@ -6,9 +6,13 @@ import math
 import statistics
 
 import matplotlib.axes
+import matplotlib.figure
 import numpy as np
 import pytest
 import torch
+
+from matplotlib.container import BarContainer
+from PIL import Image
 
 from pomp_world import report
 from pomp_world.main_job import Settings, _summary, seed_margin
@@ -25,8 +29,9 @@ SEG = {HAND: {1: {"mIoU_seen": 40.0, "mIoU_unseen": 10.0, "hIoU": 16.0},
               3: {"mIoU_seen": 45.0, "mIoU_unseen": 13.0, "hIoU": 20.0}}}
 CLS = {"top1": {HAND: {"unseen": 0.25, "seen": 0.5}, POMP: {"unseen": 0.3134, "seen": 0.5452},
                 POMP_NC: {"unseen": 0.2289, "seen": 0.5117}},
-       "margin": {POMP: {"unseen": (0.0634, 0.0137), "seen": (0.0452, 0.0088)},
-                  POMP_NC: {"unseen": (-0.0211, 0.0101), "seen": (0.0117, 0.0093)}},
+       # SE 4.94 and -6.41 points: a scale of 101 instead of 100 would print 5.0 and -6.5
+       "margin": {POMP: {"unseen": (0.0634, 0.0494), "seen": (0.0452, 0.0088)},
+                  POMP_NC: {"unseen": (-0.0641, 0.0101), "seen": (0.0117, 0.0093)}},
        "images": {"unseen": 4321, "seen": 987}, "classes": {"unseen": 1234, "seen": 56}}
 COLS = ["cls unseen top-1 (1,234-way)", "cls seen top-1 (56-way)", "det AP", "det APr (novel)",
         "seg mIoU seen", "seg mIoU unseen", "seg hIoU"]
@@ -84,8 +89,8 @@ def test_table_rows_in_points_with_the_no_correction_row_classification_only():
 
 
 MARGINS = [
-    "- classification, unseen: POMP - hand-crafted +6.3 points (paired standard error 1.4 over 4,321 images; "
-    "no local correction: -2.1)",
+    "- classification, unseen: POMP - hand-crafted +6.3 points (paired standard error 4.9 over 4,321 images; "
+    "no local correction: -6.4)",
     "- classification, seen: POMP - hand-crafted +4.5 points (paired standard error 0.9 over 987 images; "
     "no local correction: +1.2)",
     "- detection, AP: POMP - hand-crafted +2.0 points (standard error 1.5 over 2 training seeds; per seed +3.5, +0.5)",
@@ -132,6 +137,58 @@ def bars(monkeypatch):
     monkeypatch.setattr(matplotlib.axes.Axes, "bar", spy_bar)
     monkeypatch.setattr(matplotlib.axes.Axes, "set_xticks", spy_ticks)
     return calls
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """What each saved figure shows, read at savefig (the report closes the figure after)."""
+    saved = []
+    real = matplotlib.figure.Figure.savefig
+
+    def spy(fig, path, **kwargs):
+        axes = []
+        for ax in fig.axes:
+            ticks = ax.get_xticklabels()
+            caps = [line.get_markersize() for c in ax.containers if isinstance(c, BarContainer) and c.errorbar
+                    for line in c.errorbar.lines[1]]
+            legend = ax.get_legend()
+            axes.append({"title": ax.get_title(), "ylabel": ax.get_ylabel(),
+                         "ticks": {(t.get_rotation(), t.get_ha(), t.get_fontsize()) for t in ticks},
+                         "labels": [t.get_text() for t in ax.texts], "label_size": {t.get_fontsize() for t in ax.texts},
+                         "caps": set(caps),
+                         "legend": legend and ([t.get_text() for t in legend.get_texts()],
+                                               {t.get_fontsize() for t in legend.get_texts()})})
+        sup = fig._suptitle
+        saved.append({"dpi": kwargs.get("dpi"), "axes": axes, "suptitle": (sup.get_text(), sup.get_fontsize())})
+        return real(fig, path, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    return saved
+
+
+def test_results_figure_panels_labels_and_size(tmp_path, figures):
+    write_results(results(), tmp_path, Settings(seeds=(1, 3)))
+    (fig,) = figures
+    assert fig["dpi"] == 110 and Image.open(tmp_path / "results.png").size == (1386, 418)  # 3 x 4.2 in, 3.8 in
+    assert fig["suptitle"] == ("Synthetic world, tiny CLIP: one prompt, three tasks (hand-crafted vs POMP)", 10)
+    assert [a["title"] for a in fig["axes"]] == ["classification", "detection", "segmentation"]
+    assert {a["ylabel"] for a in fig["axes"]} == {"points"}
+    assert all(a["ticks"] == {(20.0, "right", 8)} and a["label_size"] == {7} for a in fig["axes"])
+    assert fig["axes"][0]["labels"] == ["25.0", "50.0", "31.3", "54.5"]
+    assert fig["axes"][2]["labels"] == ["41.0", "12.0", "18.5", "43.0", "14.0", "21.0"]
+    # error bars (two seeds) on detection and segmentation, caps 3 points wide each side
+    assert [a["caps"] for a in fig["axes"]] == [set(), {6.0}, {6.0}]
+    assert fig["axes"][0]["legend"] == ([HAND, POMP], {8}) and fig["axes"][1]["legend"] is None
+    write_results({"seg": _summary(SEG, SEG_METRICS)}, tmp_path, Settings(seeds=(1, 3)))
+    assert len(figures[1]["axes"]) == 1 and Image.open(tmp_path / "results.png").size == (462, 418)
+
+
+def test_segmentation_alone_gets_the_training_note(tmp_path):
+    write_results({"seg": _summary(SEG, SEG_METRICS)}, tmp_path, Settings(seeds=(1, 3), det_iters=5, seg_iters=6))
+    text = (tmp_path / "results.md").read_text()
+    assert "Hand-crafted prompt: segmentation stage (a) started from \"a photo of a\" (ZSSeg's initialisation)." in text
+    assert "Detection and segmentation: mean over training seeds 1, 3 (the same seeds for both prompts; " \
+           "detector 5 iterations, ZSSeg stage (b) 6)" in text
 
 
 def test_write_results_markdown_csv_and_figure(tmp_path, bars):
