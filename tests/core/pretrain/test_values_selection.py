@@ -2,6 +2,7 @@
 prompts, the first best epoch), its step order (pomp_core/pretrain/train_data.py: StepSampler,
 TrainData, build_train_data's checks) and its few-shot subsample
 (pomp_core/pretrain/data.build_split_index: ``shots`` per class, seeded, smaller classes keep all)."""
+import logging
 import random
 
 import pytest
@@ -41,12 +42,15 @@ def test_epoch_files_are_listed_by_number_not_by_name(tmp_path):
     assert torch.equal(load_prompt(tmp_path / "prompts" / "epoch_2.pth").ctx.detach(), torch.full((2, 4), 2.0))
 
 
-def test_record_keeps_the_first_of_the_highest(tmp_path):
+def test_record_keeps_the_first_of_the_highest(tmp_path, caplog):
     sel = ModelSelection(tmp_path)
     assert (sel.best_epoch, sel.best_top1) == (None, float("-inf"))
     assert best_epoch(tmp_path) is None  # no validation yet
     scores = {1: 0.3, 2: 0.5, 3: 0.5, 4: 0.4999, 5: 0.5001, 6: 0.2}
-    news = [sel.record(prompt_with(e), e, top1, tag="v") for e, top1 in scores.items()]
+    with caplog.at_level(logging.INFO, logger="pomp_core.pretrain.selection"):
+        news = [sel.record(prompt_with(e), e, top1, tag="v") for e, top1 in scores.items()]
+    assert caplog.messages[-1] == f"epoch 5 is the best so far (val top-1 50.01%): {tmp_path / BEST}"
+    assert len(caplog.messages) == 3
     assert news == [True, True, False, False, True, False]
     assert (sel.best_epoch, sel.best_top1) == (5, 0.5001)
     assert read_extra(tmp_path / BEST) == {"epoch": 5, "val_top1": 0.5001, "tag": "v"}

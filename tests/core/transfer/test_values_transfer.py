@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import matplotlib.axes
+import matplotlib.figure
 import numpy as np
 import open_clip
 import pytest
@@ -20,6 +21,7 @@ from pomp_core.prompt import PromptLearner
 from pomp_core.prompt_io import save_prompt
 from pomp_core.transfer.datasets import ClassificationSet
 from pomp_core.transfer.report import bar_plot, markdown_table, with_averages, write_csv, write_report
+from pomp_core import zero_shot as zs
 from pomp_core.zero_shot import encode_images, image_features, top1
 
 ev = importlib.import_module("pomp_core.transfer.evaluate")  # the package exports its function evaluate
@@ -40,6 +42,7 @@ def test_parse_prompt_table(tmp_path, monkeypatch):
         ("a {} photo", ('"a {} photo"', "a {} photo")),
         ("t=a {} photo", ("t", "a {} photo")),
         ("a {} with x=1", ('"a {} with x=1"', "a {} with x=1")),  # "=" after a brace: not a label
+        ("t=a {} with x=1", ("t", "a {} with x=1")),  # the first "=" ends the label
     ]
     for spec, (label, source) in table:
         p = ev.parse_prompt(spec)
@@ -122,7 +125,8 @@ def test_evaluate_top1_per_prompt_and_dataset(tiny_clip, monkeypatch, caplog):
                      (model, tokenizer, open_clip.OPENAI_IMAGENET_TEMPLATES, ["cat", "dog", "owl"], True),
                      (model, tokenizer, "a photo of a {}.", ["x", "x"], True),
                      (model, tokenizer, open_clip.OPENAI_IMAGENET_TEMPLATES, ["x", "x"], True)]
-    assert "hand row on A: top-1 60.00%" in caplog.text and "ens on B: top-1 25.00%" in caplog.text
+    assert caplog.messages == ["hand row on A: top-1 60.00%", "ens on A: top-1 20.00%",
+                               "hand row on B: top-1 75.00%", "ens on B: top-1 25.00%"]
 
 
 def test_evaluate_checks_every_prompt_before_reading_features(tiny_clip):
@@ -187,7 +191,25 @@ def axes_calls(monkeypatch):
     return calls
 
 
-def test_bar_plot_bars_ticks_and_size(tmp_path, axes_calls):
+@pytest.fixture
+def figures(monkeypatch):
+    """Bar labels and legend of each saved figure, read at savefig (bar_plot closes it after)."""
+    saved = []
+    real = matplotlib.figure.Figure.savefig
+
+    def spy(fig, path, **kwargs):
+        (ax,) = fig.axes
+        legend = ax.get_legend().get_texts()
+        saved.append({"labels": [t.get_text() for t in ax.texts], "label_size": {t.get_fontsize() for t in ax.texts},
+                      "legend": [t.get_text() for t in legend], "legend_size": {t.get_fontsize() for t in legend},
+                      "title": ax.get_title()})
+        return real(fig, path, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    return saved
+
+
+def test_bar_plot_bars_ticks_and_size(tmp_path, axes_calls, figures):
     table = {"r0": {"A": 0.1, "B": 0.2, "C": 0.3}, "r1": {"A": 0.4, "B": 0.5, "C": 0.6},
              "r2": {"A": 0.7, "B": 0.8, "C": 0.9}, "r3": {"A": 0.15, "B": 0.25, "C": 0.35}}
     path = bar_plot(table, tmp_path / "p.png", title="my title")
@@ -204,15 +226,24 @@ def test_bar_plot_bars_ticks_and_size(tmp_path, axes_calls):
     assert [c[1] for c in axes_calls if c[0] in ("set_ylabel", "set_title")] == [("top-1 (%)",), ("my title",)]
     # 110 dpi; width max(6, 0.9 x 3 columns x sqrt(4 rows) + 2) = 7.4 in, height 3.8 in
     assert Image.open(path).size == (814, 418)
+    assert figures[0]["labels"][:4] == ["10.0", "20.0", "30.0", "40.0"] and figures[0]["label_size"] == {7}
+    assert figures[0]["legend"] == ["r0", "r1", "r2", "r3"] and figures[0]["legend_size"] == {8}
     bar_plot({"r": {"A": 0.5, "B": 0.25}}, tmp_path / "q.png")
     assert Image.open(tmp_path / "q.png").size == (660, 418)  # 0.9 x 2 + 2 < 6 in
+    three = {f"r{k}": {c: 0.5 for c in "ABC"} for k in range(3)}
+    bar_plot(three, tmp_path / "r.png")  # 0.9 x 3 x sqrt(3) + 2 = 6.68 in
+    assert Image.open(tmp_path / "r.png").size == (734, 418)
+    bar_plot({"r": {c: 0.5 for c in "ABCDE"}}, tmp_path / "s.png")  # one row: 0.9 x 5 + 2 = 6.5 in
+    assert Image.open(tmp_path / "s.png").size == (715, 418)
     assert [c[1] for c in axes_calls if c[0] == "set_title"][-1] == ("zero-shot top-1",)
     assert [c for c in axes_calls if c[0] == "bar"][-1][1][2] == pytest.approx(0.8)
 
 
-def test_write_report_adds_the_averages_everywhere(tmp_path):
+def test_write_report_adds_the_averages_everywhere(tmp_path, figures):
     res = {"p": {"Caltech": 0.9, "DTD": 0.5, "V2": 0.6, "Sketch": 0.2}}
     paths = write_report(res, tmp_path / "new" / "dir", GROUPS, title="t")
+    assert figures[0]["title"] == "t" and figures[0]["legend"] == ["p"]
+    assert figures[0]["labels"] == ["90.0", "50.0", "60.0", "20.0", "70.0", "40.0", "55.0"]  # averages plotted
     out = tmp_path / "new" / "dir"
     assert paths == {"md": out / "results.md", "csv": out / "results.csv", "png": out / "results.png"}
     assert (out / "results.md").read_text().splitlines()[0] == \
@@ -222,6 +253,7 @@ def test_write_report_adds_the_averages_everywhere(tmp_path):
         assert list(csv.reader(f))[1] == ["p", "90.00", "50.00", "60.00", "20.00", "70.00", "40.00", "55.00"]
     assert (out / "results.png").stat().st_size > 0
     write_report(res, out)  # no groups: "Avg" only, the folder may exist
+    assert figures[1]["title"] == "zero-shot top-1"
     assert (out / "results.md").read_text().splitlines()[0] == "| prompt | Caltech | DTD | V2 | Sketch | Avg |"
 
 
@@ -271,6 +303,16 @@ def test_encode_images_unit_features_in_item_order_without_the_unreadable(images
     assert f"skipped 2 unreadable or missing images under {images}" in caplog.text
     feats2, labels = image_features(model, images, items, to_tensor, batch_size=3)
     assert torch.allclose(feats2, feats) and labels.tolist() == [10, 11, 13, 14]
+
+
+def test_image_features_passes_its_loader_settings(images, monkeypatch):
+    calls = []
+    real = zs.encode_images
+    monkeypatch.setattr(zs, "encode_images", lambda *a: calls.append(a[4:]) or real(*a))
+    items = [("0.png", 3), ("1.png", 4)]
+    _, labels = zs.image_features(ColourEncoder(), images, items, to_tensor)
+    zs.image_features(ColourEncoder(), images, items, to_tensor, batch_size=1, workers=2)
+    assert labels.tolist() == [3, 4] and calls == [(128, 0), (1, 2)]
 
 
 def test_encode_images_without_a_readable_image_raises(images):
