@@ -52,6 +52,22 @@ def test_logits_by_hand_with_the_default_temperature_and_no_bias():
     assert clf.embeddings.dtype == torch.float32 and not clf.embeddings.requires_grad
     torch.testing.assert_close(clf.embeddings, (emb / emb.norm(dim=1, keepdim=True)).float())
     assert sorted(clf.state_dict()) == ["linear.bias", "linear.weight"]
+    # a buffer: it follows the module's dtype and device, and a device-side module gets it there
+    assert "embeddings" in dict(clf.named_buffers())
+    assert clf.double().embeddings.dtype == torch.float64
+    meta = ZeroShotClassifier(6, emb).to("meta")
+    meta.set_embeddings(emb)
+    assert meta.embeddings.device.type == "meta"
+
+
+def test_a_per_call_vocabulary_follows_the_features_dtype():
+    x, emb = classifier_inputs()
+    clf = ZeroShotClassifier(6, emb, temperature=3.0).double()
+    other = torch.tensor([[1.0, 2.0, 0.0, -1.0], [0.0, 0.0, 5.0, 0.0]])  # float32
+    out = clf(x.double(), embeddings=other)
+    assert out.dtype == torch.float64
+    w, b = clf.linear.weight.detach(), clf.linear.bias.detach()
+    torch.testing.assert_close(out, by_hand(x.double(), w, b, other.double(), 3.0), rtol=1e-5, atol=1e-5)
 
 
 def test_temperature_bias_and_a_per_call_vocabulary():

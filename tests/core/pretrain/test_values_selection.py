@@ -195,8 +195,79 @@ def test_build_train_data_checks_and_builds(tmp_path):
 
 
 def test_build_index_needs_a_root():
-    with pytest.raises(ValueError, match="data.root is not set"):
+    with pytest.raises(ValueError, match=r"^data.root is not set: pass data.root=/path/to/class/folders "
+                                         r"\(one folder of images per class\)$"):
         td.build_index(config(), group())
+
+
+def test_build_index_scans_on_rank_zero_and_reads_the_cache_elsewhere(tmp_path, monkeypatch):
+    for c in ("b", "a"):
+        (tmp_path / "root" / c).mkdir(parents=True)
+        for k in range(4):
+            (tmp_path / "root" / c / f"{k}.png").write_bytes(b"")
+    calls = []
+    real = td.build_split_index
+    monkeypatch.setattr(td, "build_split_index", lambda *a: calls.append(a) or real(*a))
+    cfg = config(data__root=str(tmp_path / "root"), data__shots=3, data__val_per_class=1, data__split_seed=8,
+                 data__index_cache=str(tmp_path / "cache"))
+    args = (str(tmp_path / "root"), 3, 1, 8, str(tmp_path / "cache"), None)
+    index = td.build_index(cfg, group())
+    assert calls == [args] and index.classes == ["a", "b"] and len(index.train) == 6 and len(index.val) == 2
+    other = td.build_index(cfg, ProcessGroup(world=1, rank=1, local_rank=0, device=torch.device("cpu")))
+    assert calls == [args, args] and other.train == index.train  # the other rank reads, once
+
+
+def test_read_names_passes_the_configured_sources(monkeypatch):
+    calls = []
+    monkeypatch.setattr(td, "read_class_names", lambda *a: calls.append(a) or ["n"])
+    cfg = config(data__names_file="names.txt", data__miil_tree="tree.pth", data__wordnet=True, data__lemmas="timm",
+                 data__trusted=True)
+    assert td.read_names(cfg, pdata.SplitIndex("r", ["w1", "w2"], [], [])) == ["n"]
+    assert calls == [(["w1", "w2"], "names.txt", "tree.pth", True, "timm", True)]
+
+
+def test_loader_settings():
+    data, _ = make_train_data()
+    data.workers, data.pin_memory = 2, True
+    loader = data.loader()
+    assert (loader.batch_size, loader.num_workers, loader.pin_memory, loader.drop_last, loader.persistent_workers) \
+        == (4, 2, True, True, False)
+    assert loader.sampler is data.sampler and loader.collate_fn is td.collate_skipping
+
+
+def test_build_train_data_transforms_and_feature_cache(tmp_path, monkeypatch):
+    items = [(f"c/{k}.png", k % 2) for k in range(8)]
+    index = pdata.SplitIndex(str(tmp_path), ["c0", "c1"], items, [])
+    made = []
+    monkeypatch.setattr(td, "train_transform", lambda *a: made.append(("train", a)) or "train-tf")
+    monkeypatch.setattr(td, "eval_transform", lambda *a: made.append(("eval", a)) or "eval-tf")
+    cfg = config(optim__batch_size=2, data__image_size=64, data__randaugment="torchvision", data__workers=0)
+    data = td.build_train_data(cfg, group(), index, ["x", "y"], None, tmp_path)
+    assert made == [("train", (64, "torchvision"))] and data.dataset.transform == "train-tf"
+    assert data.index is index
+    cfg.data.augment = False
+    assert td.build_train_data(cfg, group(), index, ["x", "y"], None, tmp_path).dataset.transform == "eval-tf"
+    assert made[-1] == ("eval", (64,))
+    # precomputed features: the cache is built from the image dataset, in <out>/feature_cache unless given
+    built = []
+
+    class CacheSet:
+        def __init__(self, cache, train, views, seed):
+            self.args, self.n = (cache, train, views, seed), len(train)
+
+        def __len__(self):
+            return self.n
+
+    monkeypatch.setattr(td, "build_feature_cache", lambda f, images, folder: built.append((f, images, folder)) or "c")
+    monkeypatch.setattr(td, "FeatureCacheDataset", CacheSet)
+    cfg = config(optim__batch_size=2, data__workers=0, data__views=3, train__seed=4, train__feature_cache=True)
+    data = td.build_train_data(cfg, ProcessGroup(1, 0, 0, torch.device("cuda")), index, ["x", "y"], "feats", tmp_path)
+    (f, images, folder), = built
+    assert (f, folder) == ("feats", tmp_path / "feature_cache") and images.items == items and images.views == 3
+    assert data.dataset.args == ("c", items, 3, 4) and data.pin_memory is True  # pinned for a CUDA device
+    cfg.train.feature_cache_dir = str(tmp_path / "shared")
+    td.build_train_data(cfg, group(), index, ["x", "y"], "feats", tmp_path)
+    assert built[-1][2] == tmp_path / "shared"
 
 
 # ------------------------------------------------------------------ data.build_split_index
