@@ -4,6 +4,8 @@ background column), pomp_det/data/lvis_norare.py (rare-class annotations removed
 categories kept), pomp_det/data/image_labels.py and pomp_det/vocabulary.py (vocabulary swaps)."""
 import json
 import logging
+import re
+import sys
 
 import numpy as np
 import pytest
@@ -132,7 +134,8 @@ def test_norare_drops_rare_annotations_only(tmp_path, caplog):
     assert [a["id"] for a in data["annotations"]] == [11, 13]
     assert data["images"] == LVIS["images"] and data["categories"] == LVIS["categories"]
     assert data["info"] == LVIS["info"]
-    assert "dropped 3 annotations of 2 rare classes, kept 2 (3 images)" in caplog.text
+    assert caplog.messages == [f"lvis_v1_train.json: dropped 3 annotations of 2 rare classes, kept 2 (3 images) "
+                               f"-> {out}"]
     # an existing output is kept unless overwrite
     out.write_text("{}")
     assert lvis_norare.make_norare_json(src) == out and out.read_text() == "{}"
@@ -142,22 +145,35 @@ def test_norare_drops_rare_annotations_only(tmp_path, caplog):
     assert other == tmp_path / "sub" / "x.json" and json.loads(other.read_text()) == data
 
 
-def test_norare_errors_and_command_line(tmp_path, capsys):
-    with pytest.raises(FileNotFoundError, match=r"LVIS annotation file '.*missing\.json' does not exist"):
-        lvis_norare.make_norare_json(tmp_path / "missing.json")
+def test_norare_errors_and_command_line(tmp_path, capsys, monkeypatch):
+    missing = tmp_path / "missing.json"
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(
+            f"LVIS annotation file '{missing}' does not exist: download lvis_v1_train.json into "
+            "$DETECTRON2_DATASETS/lvis/ (see docs/detection.md)") + "$"):
+        lvis_norare.make_norare_json(missing)
     bad = tmp_path / "coco.json"
     bad.write_text(json.dumps({"categories": [{"id": 1, "frequency": "f"}, {"id": 2}], "annotations": []}))
     with pytest.raises(ValueError, match="has categories without 'frequency': not an LVIS v1 annotation file"):
         lvis_norare.make_norare_json(bad)
     src = tmp_path / "t.json"
     src.write_text(json.dumps(LVIS))
+    configured = []  # the command logs at INFO (pytest's handlers would make basicConfig a no-op)
+    monkeypatch.setattr(logging, "basicConfig", lambda **kw: configured.append(kw))
     lvis_norare.main([str(src), "--out", str(tmp_path / "o.json")])
+    assert configured == [{"level": logging.INFO}]
     assert capsys.readouterr().out.strip() == str(tmp_path / "o.json")
     (tmp_path / "o.json").write_text("{}")
     lvis_norare.main([str(src), "--out", str(tmp_path / "o.json"), "--overwrite"])
     assert len(json.loads((tmp_path / "o.json").read_text())["annotations"]) == 2
     lvis_norare.main([str(src)])
     assert capsys.readouterr().out.splitlines()[-1] == str(tmp_path / "t_norare.json")
+    monkeypatch.setattr(sys, "argv", ["lvis_norare"])  # argparse's program name
+    with pytest.raises(SystemExit):
+        lvis_norare.main(["--help"])
+    assert " ".join(capsys.readouterr().out.split()) == (
+        "usage: lvis_norare [-h] [--out OUT] [--overwrite] src write the LVIS *_norare.json training split positional "
+        "arguments: src lvis_v1_train.json options: -h, --help show this help message and exit --out OUT default: "
+        "<src>_norare.json next to it --overwrite")
 
 
 # ------------------------------------------------------------------ data/image_labels.py
@@ -172,7 +188,9 @@ def test_image_label_records(tmp_path):
          "pos_category_ids": [0, 4, 1202], "annotations": []},  # 1-based LVIS ids -> 0-based, sorted, once
         {"file_name": "/data/in/b.jpg", "image_id": 9, "height": 8, "width": 6, "ann_type": "image",
          "pos_category_ids": [], "annotations": []}]
-    with pytest.raises(FileNotFoundError, match=r"image-label file '.*nothing\.json' does not exist"):
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(
+            f"image-label file '{tmp_path / 'nothing.json'}' does not exist (Detic's datasets/imagenet/annotations/"
+            "imagenet_lvis_image_info.json; see docs/detection.md)") + "$"):
         il.load_image_label_json(str(tmp_path / "nothing.json"), "/data")
 
 
@@ -251,7 +269,9 @@ def test_roi_heads_are_found_through_a_wrapper_or_refused():
     bare = nn.Module()
     bare.roi_heads = nn.Linear(1, 1)  # detectron2's standard heads: no set_class_embeddings
     for m in (nn.Linear(1, 1), bare):
-        with pytest.raises(TypeError, match="this model has no POMP ROI heads"):
+        with pytest.raises(TypeError, match="^" + re.escape(
+                "this model has no POMP ROI heads (MODEL.ROI_HEADS.NAME PompROIHeads or PompCascadeROIHeads): "
+                "add configs/det/Base-POMP.yaml to its _BASE_") + "$"):
             voc.model_num_classes(m)
 
 
@@ -261,9 +281,11 @@ def random_cfg(seed=3, dim=4):
     return cfg
 
 
-def test_set_vocabulary_from_names_and_from_a_npy(tmp_path):
+def test_set_vocabulary_from_names_and_from_a_npy(tmp_path, caplog):
     model = Detector()
-    assert voc.set_vocabulary(model, random_cfg(), "zebra, teapot") == ["zebra", "teapot"]
+    with caplog.at_level(logging.INFO, logger=voc.__name__):
+        assert voc.set_vocabulary(model, random_cfg(), "zebra, teapot") == ["zebra", "teapot"]
+    assert caplog.messages == ["vocabulary set to 2 classes from zebra, teapot"]
     (emb, fed), = model.roi_heads.calls
     assert fed is None and torch.equal(emb, random_embeddings(2, 4, 3))
     array = np.array([[1, 2, 3, 4], [0, 0, 1, 0], [5, 5, 5, 5]], dtype=np.float16)
@@ -273,12 +295,31 @@ def test_set_vocabulary_from_names_and_from_a_npy(tmp_path):
     assert voc.model_num_classes(model) == 3
     cfg = get_pomp_cfg()
     cfg.MODEL.POMP.EMBEDDINGS = "train.npy"
-    with pytest.raises(ValueError, match=r"cannot encode the vocabulary 'a,b': the model's embeddings come from "
-                                         r"a fixed file \(train.npy\)"):
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "cannot encode the vocabulary 'a,b': the model's embeddings come from a fixed file (train.npy); give "
+            "MODEL.POMP.PROMPT (the prompt it was trained with) and MODEL.POMP.CLIP_MODEL, or pass a .npy exported "
+            "for the new vocabulary") + "$"):
         voc.set_vocabulary(model, cfg, "a,b")
     cfg.MODEL.POMP.RANDOM_EMBEDDINGS_SEED = 0  # seed 0 is a seed: names can be embedded
     assert voc.set_vocabulary(model, cfg, "a,b") == ["a", "b"]
     assert torch.equal(model.roi_heads.calls[-1][0], random_embeddings(2, cfg.MODEL.POMP.EMBED_DIM, 0))
+
+
+def test_a_prompt_or_prompt_words_let_a_fixed_file_model_encode_names(monkeypatch):
+    encoded = []
+    monkeypatch.setattr(voc, "embeddings_from_config", lambda cfg, names: encoded.append(names) or torch.ones(2, 4))
+    for key, value in (("PROMPT", "p.pth"), ("PROMPT_WORDS", "a photo of a")):
+        cfg = get_pomp_cfg()
+        cfg.MODEL.POMP.EMBEDDINGS = "train.npy"
+        setattr(cfg.MODEL.POMP, key, value)
+        assert voc.set_vocabulary(Detector(), cfg, "a,b") == ["a", "b"]
+    assert encoded == [["a", "b"], ["a", "b"]]
+
+
+def test_the_vocabulary_goes_to_the_models_device():
+    model = Detector().to("meta")
+    voc.set_vocabulary(model, random_cfg(), "a,b,c")
+    assert model.roi_heads.pred.cls_score.embeddings.device.type == "meta"
 
 
 def test_configure_vocabulary(tmp_path):
@@ -288,7 +329,10 @@ def test_configure_vocabulary(tmp_path):
     assert voc.configure_vocabulary(cfg, str(tmp_path / "v.npy")) is None
     p = cfg.MODEL.POMP
     assert (p.EMBEDDINGS, p.VOCABULARY, cfg.MODEL.ROI_HEADS.NUM_CLASSES) == (str(tmp_path / "v.npy"), "", 7)
-    with pytest.raises(ValueError, match="cannot encode the vocabulary 'x,y': the config gives no prompt"):
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "cannot encode the vocabulary 'x,y': the config gives no prompt (MODEL.POMP.PROMPT, the prompt the model "
+            "was trained with, and MODEL.POMP.CLIP_MODEL), only fixed embeddings; or pass a .npy exported for the "
+            "new vocabulary") + "$"):
         voc.configure_vocabulary(cfg, "x,y")
     for key, value in (("PROMPT", "p.pth"), ("PROMPT_WORDS", "a photo of a"), ("RANDOM_EMBEDDINGS_SEED", 0)):
         cfg = get_pomp_cfg()
