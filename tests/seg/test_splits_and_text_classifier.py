@@ -3,11 +3,13 @@ seen/unseen splits written out literally, class-split files, the label maps that
 pixels ignore, dropping all-ignore images) and pomp_seg/text_classifier.py
 (``temperature * cos(proj(x), t_c)`` per pixel or per query, the no-object column, the MLP)."""
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from mmseg.datasets import BaseSegDataset
 from mmseg.datasets.transforms import LoadAnnotations
 from mmseg.registry import DATASETS
 from PIL import Image
@@ -53,14 +55,16 @@ def test_class_split_files_and_name_lists(tmp_path):
     (tmp_path / "split.json").write_text(json.dumps({"classes": ["x", "y"]}))
     assert ds.read_class_split(tmp_path / "split.json") == (["x", "y"], [])  # no unseen indices: none
     assert ds.resolve_split(["p", "q"]) == (["p", "q"], []) and ds.seen_classes(("p", "q")) == ["p", "q"]
-    with pytest.raises(FileNotFoundError, match=r"class split file '.*nope\.json' does not exist"):
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(
+            f"class split file '{tmp_path / 'nope.json'}' does not exist (expected the dataset's classes.json with "
+            "'classes' and 'unseen' indices)") + "$"):
         ds.resolve_split(str(tmp_path / "nope.json"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         ds.resolve_split(f"{tmp_path}/other/file")  # a path (holds a separator), not a dataset type
     (tmp_path / "bad.json").write_text(json.dumps({"names": []}))
     with pytest.raises(ValueError, match=r"bad\.json has no 'classes' list"):
         ds.read_class_split(tmp_path / "bad.json")
-    for name in ("NoSuchDataset", "PascalVOCDataset"):  # unknown / registered without a split
+    for name in ("NoSuchDataset", "PascalVOCDataset", "ClassRecordDataset"):  # unknown / no split / no METAINFO
         with pytest.raises(ValueError, match=rf"'{name}' is not a dataset with a seen/unseen split; use one of "
                                              r"\['ZeroShotVOCDataset', 'ZeroShotCOCOStuffDataset'\]"):
             ds.resolve_split(name)
@@ -136,11 +140,14 @@ def test_dataset_defaults_and_missing_roots(tmp_path):
     root = voc_root(tmp_path, {"a": [1]})
     d = build_voc(root)
     assert (d.ignore_unseen, d.drop_all_ignore, d.class_count_file, d.reduce_zero_label) == (False, False, None, True)
-    with pytest.raises(FileNotFoundError, match=r"ZeroShotCOCOStuffDataset: data_root '.*nope' does not exist; set "
-                                                r"train_dataloader.dataset.data_root"):
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(
+            f"ZeroShotCOCOStuffDataset: data_root '{tmp_path / 'nope'}' does not exist; set "
+            "train_dataloader.dataset.data_root (and the val/test ones) with --cfg-options, or prepare the data as "
+            "docs/segmentation.md describes") + "$"):
         DATASETS.build(dict(type="ZeroShotCOCOStuffDataset", data_root=str(tmp_path / "nope")))
-    with pytest.raises(FileNotFoundError, match=r"world segmentation root '.*gone' does not exist; write it with "
-                                                r"tools/make_world.py --parts segmentation"):
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(
+            f"world segmentation root '{tmp_path / 'gone'}' does not exist; write it with tools/make_world.py "
+            "--parts segmentation --out DIR (it is DIR/segmentation)") + "$"):
         DATASETS.build(dict(type="WorldSegDataset", data_root=str(tmp_path / "gone")))
 
 
@@ -157,6 +164,49 @@ def test_world_dataset_reads_its_split_and_suffixes(tmp_path):
     assert d.metainfo["classes"] == ("sky", "cat", "dog") and d.metainfo["unseen_classes"] == ("dog",)
     assert d.unseen_ids() == [2] and len(d) == 1 and d.get_data_info(0)["img_path"].endswith("s.png")
     assert d[0]["gt_seg_map"].ravel().tolist() == [0, 1, 255]
+
+
+def test_a_json_name_in_the_working_folder_is_a_split_file(tmp_path, monkeypatch):
+    (tmp_path / "mine.json").write_text(json.dumps({"classes": ["a", "b"], "unseen": [0]}))
+    monkeypatch.chdir(tmp_path)
+    assert ds.resolve_split("mine.json") == (["a", "b"], ["a"])
+
+
+def test_world_dataset_suffixes_and_extra_metainfo_reach_mmseg(tmp_path):
+    root = tmp_path / "seg"
+    for sub in ("img", "ann"):
+        (root / sub).mkdir(parents=True)
+    (root / "classes.json").write_text(json.dumps({"classes": ["sky", "cat"], "unseen": [1]}))
+    Image.fromarray(np.array([[1, 0]], dtype=np.uint8)).save(root / "ann" / "s_gt.png")
+    Image.new("RGB", (2, 1)).save(root / "img" / "s.jpg")
+    Image.new("RGB", (2, 1)).save(root / "img" / "t.png")  # another suffix: not an image of this dataset
+    d = DATASETS.build(dict(type="WorldSegDataset", data_root=str(root), img_suffix=".jpg", seg_map_suffix="_gt.png",
+                            metainfo=dict(palette=[[1, 2, 3], [4, 5, 6]]), data_prefix=dict(img_path="img",
+                            seg_map_path="ann"), pipeline=[LoadAnnotations()]))
+    assert len(d) == 1 and d.get_data_info(0)["seg_map_path"].endswith("s_gt.png")
+    assert d.metainfo["palette"] == [[1, 2, 3], [4, 5, 6]] and d.metainfo["unseen_classes"] == ("cat",)
+    assert d[0]["gt_seg_map"].ravel().tolist() == [1, 0]
+
+
+def test_positional_arguments_reach_mmseg(tmp_path):
+    root = tmp_path / "coco"
+    for sub in ("img", "ann"):
+        (root / sub).mkdir(parents=True)
+    Image.new("RGB", (2, 1)).save(root / "img" / "a.png")
+    Image.fromarray(np.zeros((1, 2), dtype=np.uint8)).save(root / "ann" / "a_x.png")
+    d = DATASETS.get("ZeroShotCOCOStuffDataset")(".png", "_x.png", data_root=str(root),
+                                                 data_prefix=dict(img_path="img", seg_map_path="ann"))
+    assert (d.img_suffix, d.seg_map_suffix, len(d)) == (".png", "_x.png", 1)
+
+
+def test_a_mixin_dataset_without_an_unseen_list_has_no_unseen_ids(tmp_path):
+    class Plain(ds.ZeroShotSegMixin, BaseSegDataset):  # a user's dataset: classes, no split
+        METAINFO = dict(classes=("a", "b"))
+
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (2, 1)).save(tmp_path / "img" / "x.jpg")
+    d = Plain(data_root=str(tmp_path), data_prefix=dict(img_path="img"), ignore_unseen=True)
+    assert d.unseen_ids() == [] and len(d) == 1 and d.get_data_info(0)["label_map"] == {}
 
 
 # ------------------------------------------------------------------ text_classifier.py
@@ -186,7 +236,7 @@ def test_per_query_scores_by_hand_with_the_default_temperature():
     torch.testing.assert_close(out, expected)
     # the vocabulary stays for the next call without one
     torch.testing.assert_close(clf(x), expected)
-    with pytest.raises(RuntimeError, match="no vocabulary: call set_class_embeddings"):
+    with pytest.raises(RuntimeError, match=r"^no vocabulary: call set_class_embeddings\(text_features\) first$"):
         TextEmbeddingClassifier(5, 4)(x.float())
 
 
