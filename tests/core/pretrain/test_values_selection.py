@@ -2,8 +2,11 @@
 prompts, the first best epoch), its step order (pomp_core/pretrain/train_data.py: StepSampler,
 TrainData, build_train_data's checks) and its few-shot subsample
 (pomp_core/pretrain/data.build_split_index: ``shots`` per class, seeded, smaller classes keep all)."""
+import hashlib
+import json
 import logging
 import random
+import re
 
 import numpy as np
 import pytest
@@ -310,3 +313,105 @@ def test_few_shot_subsample_by_hand(tmp_path):
     # the cache returns the same split
     again = pdata.build_split_index(tmp_path / "root", shots=16, val_per_class=2, seed=3, cache_dir=tmp_path / "c")
     assert again.train == index.train and again.val == index.val
+
+
+def class_root(root, sizes, suffix=".JPEG"):
+    for folder, n in sizes.items():
+        (root / folder).mkdir(parents=True)
+        for k in range(n):
+            (root / folder / f"img{k:02d}{suffix}").write_bytes(b"")
+    return root
+
+
+def by_hand(sizes, shots, held_per_class, rng, suffix=".JPEG"):
+    """The split by hand: sorted files shuffled per class with one generator, held-out first."""
+    train, val = [], []
+    for label, (folder, n) in enumerate(sizes.items()):
+        files = [f"img{k:02d}{suffix}" for k in range(n)]
+        rng.shuffle(files)
+        held = files[:held_per_class] if n > held_per_class else []
+        train += [(f"{folder}/{f}", label) for f in files[len(held):][:shots]]
+        val += [(f"{folder}/{f}", label) for f in held]
+    return train, val
+
+
+def test_few_shot_defaults_16_shots_seed_42_no_validation(tmp_path):
+    sizes = {"a": 20, "b": 3, "c": 17}
+    root = class_root(tmp_path / "root", sizes)
+    index = pdata.build_split_index(root, cache_dir=tmp_path / "c")
+    train, val = by_hand(sizes, 16, 0, random.Random(42))
+    assert index.train == train and index.val == val == []
+    assert [sum(1 for _, y in index.train if y == c) for c in range(3)] == [16, 3, 16]
+    assert (index.root, index.val_root) == (str(root.resolve()), None)
+
+
+def test_the_cache_is_keyed_and_read_back(tmp_path):
+    root = class_root(tmp_path / "root", {"a": 4, "b": 5})
+    index = pdata.build_split_index(root, shots=2, val_per_class=1, seed=3, cache_dir=tmp_path / "c")
+    key = hashlib.sha1(f"{root.resolve()}|2|1|3".encode()).hexdigest()[:12]
+    cache = tmp_path / "c" / f".pomp_index_{key}.json"
+    assert [p.name for p in (tmp_path / "c").iterdir()] == [cache.name]
+    stored = json.loads(cache.read_text())
+    assert stored == {"classes": ["a", "b"], "train": [list(t) for t in index.train],
+                      "val": [list(v) for v in index.val], "val_root": None}
+    # what the cache says is what comes back (it is not rescanned)
+    stored.update(classes=["x", "y"], train=[["x/1.png", 0]], val=[["y/2.png", 1]], val_root="/v")
+    cache.write_text(json.dumps(stored))
+    again = pdata.build_split_index(root, shots=2, val_per_class=1, seed=3, cache_dir=tmp_path / "c")
+    assert again == pdata.SplitIndex(str(root.resolve()), ["x", "y"], [("x/1.png", 0)], [("y/2.png", 1)], "/v")
+    # without a cache folder the index sits in the root
+    pdata.build_split_index(root, shots=2, val_per_class=1, seed=3)
+    assert (root / f".pomp_index_{key}.json").is_file()
+
+
+def test_a_separate_validation_root(tmp_path):
+    sizes = {"a": 6, "b": 2, "c": 4}
+    root = class_root(tmp_path / "root", sizes)
+    val_root = class_root(tmp_path / "val", {"a": 5, "c": 2}, suffix=".png")
+    index = pdata.build_split_index(root, shots=3, val_per_class=3, seed=5, cache_dir=tmp_path / "c",
+                                    val_root=val_root)
+    rng = random.Random(5)
+    train, held = by_hand(sizes, 3, 0, rng)  # nothing is held out of the training root
+    val = []
+    for folder, n, label in (("a", 5, 0), ("c", 2, 2)):  # the same generator goes on over the val folders
+        files = [f"img{k:02d}.png" for k in range(n)]
+        rng.shuffle(files)
+        val += [(f"{folder}/{f}", label) for f in files[:3]]
+    assert index.train == train and held == [] and index.val == val
+    assert index.val_root == str(val_root.resolve())
+    key = hashlib.sha1(f"{root.resolve()}|3|3|5|{val_root.resolve()}".encode()).hexdigest()[:12]
+    assert json.loads((tmp_path / "c" / f".pomp_index_{key}.json").read_text())["val_root"] == index.val_root
+    every = pdata.build_split_index(root, shots=3, val_per_class=0, seed=5, cache_dir=tmp_path / "c",
+                                    val_root=val_root)
+    assert len(every.val) == 7  # 0 = every validation image
+    (tmp_path / "val" / "zebra").mkdir()
+    with pytest.raises(ValueError, match=re.escape(
+            "1 folders of data.val_root are not training classes, e.g. ['zebra']: point data.val_root at the "
+            "validation split of data.root")):
+        pdata.build_split_index(root, seed=6, cache_dir=tmp_path / "c", val_root=val_root)
+
+
+def test_empty_classes_and_missing_roots(tmp_path, caplog):
+    root = class_root(tmp_path / "root", {"a": 2, "e1": 0, "e2": 0, "e3": 0, "e4": 0, "e5": 0, "e6": 0, "z": 1})
+    (root / "e1" / "notes.txt").write_text("")
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "6 class folders hold no images, e.g. ['e1', 'e2', 'e3', 'e4', 'e5']: remove them or add images "
+            "before training") + "$"):
+        pdata.build_split_index(root, cache_dir=tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="^" + re.escape(
+            f"image root '{tmp_path / 'none'}' does not exist: expected one folder per class (e.g. ImageNet-21K's "
+            "n01440764/…jpg), each holding that class's images") + "$"):
+        pdata.list_class_folders(tmp_path / "none")
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "x.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match="^" + re.escape(f"image root '{tmp_path / 'flat'}' has no class folders")):
+        pdata.list_class_folders(tmp_path / "flat")
+    # a cache that cannot be written: the index still comes, with a warning
+    (tmp_path / "file").write_text("")
+    good = class_root(tmp_path / "good", {"a": 2})
+    with caplog.at_level(logging.WARNING, logger="pomp_core.pretrain.data"):
+        index = pdata.build_split_index(good, cache_dir=tmp_path / "file" / "sub")
+    assert len(index.train) == 2
+    (message,) = caplog.messages
+    assert message.startswith(f"could not cache the split index at {tmp_path / 'file' / 'sub'}/.pomp_index_")
+    assert "Not a directory" in message
