@@ -384,11 +384,19 @@ def test_a_separate_validation_root(tmp_path):
     every = pdata.build_split_index(root, shots=3, val_per_class=0, seed=5, cache_dir=tmp_path / "c",
                                     val_root=val_root)
     assert len(every.val) == 7  # 0 = every validation image
-    (tmp_path / "val" / "zebra").mkdir()
-    with pytest.raises(ValueError, match=re.escape(
-            "1 folders of data.val_root are not training classes, e.g. ['zebra']: point data.val_root at the "
-            "validation split of data.root")):
+    for k in range(6):
+        (tmp_path / "val" / f"zebra{k}").mkdir()
+    with pytest.raises(ValueError, match="^" + re.escape(
+            "6 folders of data.val_root are not training classes, e.g. ['zebra0', 'zebra1', 'zebra2', 'zebra3', "
+            "'zebra4']: point data.val_root at the validation split of data.root") + "$"):
         pdata.build_split_index(root, seed=6, cache_dir=tmp_path / "c", val_root=val_root)
+
+
+def test_the_scan_passes_a_kill_point_per_class(tmp_path, monkeypatch):
+    points = []  # the crash tests (POMP_KILL_AT=scan) stop a run there
+    monkeypatch.setattr(pdata, "kill_point", lambda *a: points.append(a))
+    pdata.build_split_index(class_root(tmp_path / "root", {"a": 1, "b": 2, "c": 1}), cache_dir=tmp_path / "c")
+    assert points == [("scan",)] * 3
 
 
 def test_empty_classes_and_missing_roots(tmp_path, caplog):
