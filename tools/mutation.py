@@ -114,6 +114,18 @@ COVERING: Dict[str, List[str]] = {
     "pomp_core/pretrain/contrast.py": ["tests/core/pretrain/test_contrast.py",
                                        "tests/core/pretrain/test_train.py::test_k_equal_n_release_margin_and_ours"],
     "tools/export_prompt.py": ["tests/core/test_values.py", "tests/core/pretrain/test_release_checkpoints.py"],
+    "pomp_world/report.py": ["tests/world/test_values_report.py"],
+    "pomp_core/transfer/evaluate.py": ["tests/core/transfer/test_values_transfer.py"],
+    "pomp_core/transfer/report.py": ["tests/core/transfer/test_values_transfer.py"],
+    "pomp_core/zero_shot.py": ["tests/core/transfer/test_values_transfer.py"],
+    "pomp_core/pretrain/selection.py": ["tests/core/pretrain/test_values_selection.py"],
+    "pomp_core/pretrain/train_data.py": ["tests/core/pretrain/test_values_selection.py"],
+    "pomp_det/zero_shot_classifier.py": ["tests/det/test_values_det_vocab.py"],
+    "pomp_det/data/lvis_norare.py": ["tests/det/test_values_det_vocab.py"],
+    "pomp_det/data/image_labels.py": ["tests/det/test_values_det_vocab.py"],
+    "pomp_det/vocabulary.py": ["tests/det/test_values_det_vocab.py"],
+    "pomp_seg/datasets.py": ["tests/seg/test_splits_and_text_classifier.py"],
+    "pomp_seg/text_classifier.py": ["tests/seg/test_splits_and_text_classifier.py"],
 }
 STATUS = ("killed", "survived", "no tests", "timeout", "suspicious", "skipped", "segfault",
           "caught by type check", "not checked")
