@@ -34,7 +34,9 @@ def make_norare_json(src: str | os.PathLike, dst: Optional[str | os.PathLike] = 
             f"LVIS annotation file '{src}' does not exist: download lvis_v1_train.json into "
             "$DETECTRON2_DATASETS/lvis/ (see docs/detection.md)")
     data = json.loads(src.read_text())
-    if not all("frequency" in c for c in data.get("categories", [])):
+    if "categories" not in data or "annotations" not in data:
+        raise ValueError(f"{src} has no 'categories' or 'annotations': not an LVIS v1 annotation file")
+    if not all("frequency" in c for c in data["categories"]):
         raise ValueError(f"{src} has categories without 'frequency': not an LVIS v1 annotation file")
     rare = {c["id"] for c in data["categories"] if c["frequency"] == "r"}
     before = len(data["annotations"])

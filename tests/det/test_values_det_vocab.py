@@ -167,6 +167,11 @@ def test_norare_errors_and_command_line(tmp_path, capsys, monkeypatch):
     bad.write_text(json.dumps({"categories": [{"id": 1, "frequency": "f"}, {"id": 2}], "annotations": []}))
     with pytest.raises(ValueError, match="has categories without 'frequency': not an LVIS v1 annotation file"):
         lvis_norare.make_norare_json(bad)
+    for keys in ({"images": []}, {"categories": [{"id": 1, "frequency": "r"}]}):  # another kind of json
+        bad.write_text(json.dumps(keys))
+        with pytest.raises(ValueError, match="^" + re.escape(
+                f"{bad} has no 'categories' or 'annotations': not an LVIS v1 annotation file") + "$"):
+            lvis_norare.make_norare_json(bad)
     src = tmp_path / "t.json"
     src.write_text(json.dumps(LVIS))
     configured = []  # the command logs at INFO (pytest's handlers would make basicConfig a no-op)
