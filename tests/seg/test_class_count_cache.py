@@ -65,6 +65,7 @@ def _run_two_ranks(tmp_path, paths, cache, tag):
 
 
 @pytest.mark.xdist_group("two-process")  # ranks on both cores: never beside another two-process test
+@pytest.mark.slow
 def test_rank_zero_lists_the_annotations_once_and_the_others_read_its_cache(tmp_path):
     paths = _annotations(tmp_path / "coco")
     truth = {p: VALUES[p.rsplit("/", 1)[1][:-4]] for p in paths}

@@ -229,6 +229,7 @@ def test_a_perturbation_breaks_the_comparison(change, output, golden_config, rel
     assert worst > 10 * TOL, f"{change} moved {output} by only {worst:.2e}"
 
 
+@pytest.mark.slow
 def test_the_documented_release_commands_run_on_the_golden_fixture(golden_config, tmp_path, capsys):
     """docs/segmentation.md's sequence (convert, demo with a custom vocabulary, test on VOC) on
     the golden checkpoint: the commands' main()s, in this process (it knows the tiny CLIP)."""

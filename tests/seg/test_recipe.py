@@ -269,6 +269,7 @@ def _run_one_step(config, data_root, tmp_path, extra):
     return test_seg.main([args[0], str(tmp_path / "work" / "iter_1.pth"), *args[1:]])
 
 
+@pytest.mark.slow
 def test_voc_config_trains_and_tests_a_step_in_the_real_layout(tmp_path):
     voc = make_voc(tmp_path, train={"t1": [1, 16], "t2": [7]}, aug={"a1": [12, 3]}, val={"v1": [2, 18]})
     res = _run_one_step(VOC_CFG, voc, tmp_path, {  # the config's text side: templates + a region prompt
@@ -277,6 +278,7 @@ def test_voc_config_trains_and_tests_a_step_in_the_real_layout(tmp_path):
     assert {"mIoU_seen", "mIoU_unseen", "hIoU", "IoU.aeroplane", "IoU.tvmonitor"} <= set(res)
 
 
+@pytest.mark.slow
 def test_coco_stuff_config_trains_and_tests_a_step_in_the_real_layout(tmp_path):
     coco = make_coco_stuff(tmp_path, train={"000000000001": [0, 19]}, val={"000000000002": [0, 170]})
     res = _run_one_step(COCO_CFG, coco, tmp_path, {"train_dataloader.batch_size": 1})

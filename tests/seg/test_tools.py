@@ -80,6 +80,7 @@ def test_demo_draws_each_image_with_the_given_vocabulary(voc_tiny, tmp_path, cap
 
 
 @pytest.mark.xdist_group("two-process")  # ranks on both cores: never beside another two-process test
+@pytest.mark.slow
 def test_train_with_the_pytorch_launcher_on_two_cpu_processes(tmp_path):
     world = write_world(tmp_path / "world", WorldConfig(seg_classes=8, seg_images=(4, 2)), parts=("segmentation",))
     cfg = override_config(tmp_path / "ddp.py", SEG_CONFIGS / "zsseg-r18tiny_world.py", {

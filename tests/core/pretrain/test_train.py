@@ -207,6 +207,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 @pytest.mark.xdist_group("two-process")  # ranks on both cores: never beside another two-process test
+@pytest.mark.slow
 def test_one_process_with_two_micro_batches_equals_two_processes(world, tmp_path, monkeypatch):
     """K=4 < N=6, so each micro-batch / process draws its own negatives: 2 processes x batch 2 and
     1 process x 2 micro-batches of 2 see the same images and negatives, so the same losses and prompt.
