@@ -150,7 +150,11 @@ def test_proposal_head_drops_the_no_object_column_after_the_softmax(tiny_clip):
     head = model.decode_head
     head.set_class_embeddings(F.normalize(torch.randn(20, 48), dim=-1))
     feats = model.extract_feat(torch.randn(1, 3, 32, 48))
-    cls, masks = head(feats, [SegDataSample(metainfo=dict(img_shape=(32, 48), batch_input_shape=(32, 48)))])
+    sample = [SegDataSample(metainfo=dict(img_shape=(32, 48), batch_input_shape=(32, 48)))]
+    with torch.no_grad():  # "no object" as likely as the queries' top class, so dropping it matters
+        head.cls_embed.no_object.copy_(head.cls_embed.class_embeds[head(feats, sample)[0][-1][0, 0, :20].argmax()])
+    cls, masks = head(feats, sample)
+    assert (cls[-1].softmax(-1)[..., -1] > 0.2).any()
     probs, up = head.proposals(feats, [dict(img_shape=(32, 48))], (32, 48))
     torch.testing.assert_close(probs, cls[-1].softmax(-1)[..., :-1])  # sums below 1: no object kept out
     torch.testing.assert_close(probs.sum(-1), 1 - cls[-1].softmax(-1)[..., -1])
