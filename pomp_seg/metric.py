@@ -1,6 +1,7 @@
 """mIoU over seen classes, over unseen classes, their harmonic mean (hIoU), and per-class IoU."""
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -9,7 +10,16 @@ from mmseg.registry import METRICS
 
 
 def harmonic_iou(seen: float, unseen: float) -> float:
+    """NaN where either mean is NaN (no class of that group occurs): not measured, not zero."""
+    if math.isnan(seen) or math.isnan(unseen):
+        return float("nan")
     return 2 * seen * unseen / (seen + unseen) if seen + unseen > 0 else 0.0
+
+
+def mean_present(iou: np.ndarray) -> float:
+    """Mean IoU over the classes that occur (NaN marks the others); NaN, silently, if none does."""
+    present = iou[~np.isnan(iou)]
+    return float(present.mean()) if len(present) else float("nan")
 
 
 @METRICS.register_module()
@@ -48,8 +58,7 @@ class SeenUnseenIoUMetric(IoUMetric):
         unseen = self.unseen_ids(classes)
         seen = [i for i in range(len(classes)) if i not in set(unseen)]
         if unseen:
-            s = float(np.nanmean(iou[seen])) if seen else float("nan")
-            u = float(np.nanmean(iou[unseen]))
+            s, u = mean_present(iou[seen]), mean_present(iou[unseen])
             metrics.update(mIoU_seen=round(s, 2), mIoU_unseen=round(u, 2), hIoU=round(harmonic_iou(s, u), 2))
         metrics.update({f"IoU.{name}": round(float(v), 2) for name, v in zip(classes, iou)})
         return metrics

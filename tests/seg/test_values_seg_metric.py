@@ -109,6 +109,21 @@ def test_all_classes_unseen_gives_a_nan_seen_miou():
     assert res["mIoU_unseen"] == pytest.approx(np.nanmean(hand_iou()), abs=0.006)
 
 
+def test_unseen_classes_absent_everywhere_give_nan_unseen_miou_and_hiou_without_a_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's "Mean of empty slice"
+        res = run_metric(unseen_classes=["e"])  # e occurs in no label and no prediction
+    assert math.isnan(res["mIoU_unseen"]) and math.isnan(res["hIoU"])  # not measured, not 0
+    assert res["mIoU_seen"] == pytest.approx(np.mean(hand_iou()[[0, 1, 2, 3, 5]]), abs=0.006)
+
+
+@pytest.mark.parametrize("seen, unseen", [(float("nan"), 40.0), (40.0, float("nan")), (0.0, float("nan"))])
+def test_harmonic_iou_of_an_unmeasured_group_is_nan(seen, unseen):
+    assert math.isnan(harmonic_iou(seen, unseen))
+
+
 @pytest.mark.parametrize("seen, unseen, want", [(60.0, 20.0, 30.0), (20.0, 60.0, 30.0), (50.0, 50.0, 50.0),
                                                 (0.0, 0.0, 0.0), (0.0, 40.0, 0.0), (10.0, 90.0, 18.0),
                                                 (0.3, 0.6, 0.4), (0.5, 0.0, 0.0)])
