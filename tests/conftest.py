@@ -7,6 +7,9 @@ XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if XDIST_WORKER:
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
+import random
+
+import numpy as np
 import pytest
 import torch
 
@@ -22,6 +25,18 @@ def tiny_clip():
     torch.manual_seed(0)
     model, tokenizer, preprocess = pomp_core.load_clip("pomp-tiny")
     return model, tokenizer, preprocess
+
+
+@pytest.fixture
+def global_rng_kept():
+    """Restores torch's, numpy's and Python's global generators after the test: model
+    initialisations, loaders (their base seed) and augmentations draw from them, and the tests
+    after it on the same worker must see them unchanged (modules opt in with ``usefixtures``)."""
+    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    yield
+    torch.set_rng_state(states[0])
+    np.random.set_state(states[1])
+    random.setstate(states[2])
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks

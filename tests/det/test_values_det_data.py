@@ -22,20 +22,7 @@ from pomp_det.data.multi_dataset import (GroupedByDataset, MultiDatasetSampler, 
 from pomp_det.detic_checkpoint import EMBEDDINGS_KEY, detic_embeddings, map_keys, our_key  # noqa: E402
 from pomp_det.detic_keys import ALIASES, FIXED, flatten, translate  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _global_rng_kept():
-    """Building a model, iterating a loader (its base seed) and detectron2's augmentations draw
-    from the global generators: the tests after these on the same worker see them unchanged."""
-    import random
-
-    import numpy as np
-
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    yield
-    torch.set_rng_state(states[0])
-    np.random.set_state(states[1])
-    random.setstate(states[2])
+pytestmark = pytest.mark.usefixtures("global_rng_kept")  # tests/conftest.py
 
 # ------------------------------------------------------------------ Detic config keys
 # Detic's key, a value, and what pomp_det's config must hold (written from Detic's

@@ -4,7 +4,6 @@ background column), pomp_det/data/lvis_norare.py (rare-class annotations removed
 categories kept), pomp_det/data/image_labels.py and pomp_det/vocabulary.py (vocabulary swaps)."""
 import json
 import logging
-import random
 import re
 import sys
 
@@ -21,16 +20,7 @@ from pomp_det.data import lvis_norare
 from pomp_det.embeddings import random_embeddings
 from pomp_det.zero_shot_classifier import ZeroShotClassifier
 
-
-@pytest.fixture(autouse=True)
-def _global_rng_kept():
-    """Module initialisations (nn.Linear, prompts) and loaders (their base seed) draw from the
-    global generators: the tests after these on the same worker see them unchanged."""
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    yield
-    torch.set_rng_state(states[0])
-    np.random.set_state(states[1])
-    random.setstate(states[2])
+pytestmark = pytest.mark.usefixtures("global_rng_kept")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------ zero_shot_classifier.py

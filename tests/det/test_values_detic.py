@@ -21,20 +21,7 @@ _DETR = "Deformable DETR is not in pomp_det: use a CenterNet2 config (MODEL.PROP
 _SWIN = "Swin backbones are not in pomp_det: use MODEL.BACKBONE.NAME build_pomp_timm_p67_fpn_backbone"
 _CAPTION = "captions are not supported: image labels are (MODEL.POMP.IMAGE_LABEL_LOSS)"
 
-
-@pytest.fixture(autouse=True)
-def _global_rng_kept():
-    """Building a model, iterating a loader (its base seed) and detectron2's augmentations draw
-    from the global generators: the tests after these on the same worker see them unchanged."""
-    import random
-
-    import numpy as np
-
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    yield
-    torch.set_rng_state(states[0])
-    np.random.set_state(states[1])
-    random.setstate(states[2])
+pytestmark = pytest.mark.usefixtures("global_rng_kept")  # tests/conftest.py
 
 
 def _refused(flat) -> str:

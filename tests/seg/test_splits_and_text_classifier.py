@@ -3,7 +3,6 @@ seen/unseen splits written out literally, class-split files, the label maps that
 pixels ignore, dropping all-ignore images) and pomp_seg/text_classifier.py
 (``temperature * cos(proj(x), t_c)`` per pixel or per query, the no-object column, the MLP)."""
 import json
-import random
 import re
 
 import numpy as np
@@ -19,16 +18,7 @@ from torch import nn
 from pomp_seg import datasets as ds
 from pomp_seg.text_classifier import TextEmbeddingClassifier, make_zero_shot
 
-
-@pytest.fixture(autouse=True)
-def _global_rng_kept():
-    """Module initialisations (nn.Linear, prompts) and loaders (their base seed) draw from the
-    global generators: the tests after these on the same worker see them unchanged."""
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    yield
-    torch.set_rng_state(states[0])
-    np.random.set_state(states[1])
-    random.setstate(states[2])
+pytestmark = pytest.mark.usefixtures("global_rng_kept")  # tests/conftest.py
 
 
 VOC = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",

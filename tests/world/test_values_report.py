@@ -3,7 +3,6 @@
 hand-computed tables, CSV, margin lines and figure bars on asymmetric numbers."""
 import csv
 import math
-import random
 import statistics
 
 import matplotlib.axes
@@ -20,16 +19,7 @@ from pomp_world.main_job import Settings, _summary, seed_margin
 from pomp_world.report import HAND, POMP, POMP_NC, margin_lines, table_rows, write_results
 from pomp_world.tasks.classification import paired_margin
 
-
-@pytest.fixture(autouse=True)
-def _global_rng_kept():
-    """Module initialisations (nn.Linear, prompts) and loaders (their base seed) draw from the
-    global generators: the tests after these on the same worker see them unchanged."""
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    yield
-    torch.set_rng_state(states[0])
-    np.random.set_state(states[1])
-    random.setstate(states[2])
+pytestmark = pytest.mark.usefixtures("global_rng_kept")  # tests/conftest.py
 
 
 SEG_METRICS = ("mIoU_seen", "mIoU_unseen", "hIoU")

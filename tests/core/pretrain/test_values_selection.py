@@ -8,7 +8,6 @@ import logging
 import random
 import re
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import Dataset
@@ -22,16 +21,7 @@ from pomp_core.pretrain.distributed import ProcessGroup
 from pomp_core.pretrain.selection import (BEST, EPOCHS, ModelSelection, best_epoch, epoch_prompt_path,
                                           epoch_prompts)
 
-
-@pytest.fixture(autouse=True)
-def _global_rng_kept():
-    """Module initialisations (nn.Linear, prompts) and loaders (their base seed) draw from the
-    global generators: the tests after these on the same worker see them unchanged."""
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    yield
-    torch.set_rng_state(states[0])
-    np.random.set_state(states[1])
-    random.setstate(states[2])
+pytestmark = pytest.mark.usefixtures("global_rng_kept")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------ selection.py

@@ -5,7 +5,6 @@ top-1), each against a hand computation."""
 import csv
 import importlib
 import logging
-import random
 from pathlib import Path
 
 import matplotlib.axes
@@ -27,16 +26,7 @@ from pomp_core.zero_shot import encode_images, image_features, top1
 
 ev = importlib.import_module("pomp_core.transfer.evaluate")  # the package exports its function evaluate
 
-
-@pytest.fixture(autouse=True)
-def _global_rng_kept():
-    """Module initialisations (nn.Linear, prompts) and loaders (their base seed) draw from the
-    global generators: the tests after these on the same worker see them unchanged."""
-    states = torch.get_rng_state(), np.random.get_state(), random.getstate()
-    yield
-    torch.set_rng_state(states[0])
-    np.random.set_state(states[1])
-    random.setstate(states[2])
+pytestmark = pytest.mark.usefixtures("global_rng_kept")  # tests/conftest.py
 
 
 # ------------------------------------------------------------------ evaluate.py
