@@ -28,10 +28,13 @@ train_seg = load_tool("train_seg")
 PROMPT_CFG = str(ROOT / "configs/seg/zsseg-prompt_world.py")
 SEG_CFG = str(ROOT / "configs/seg/zsseg-r18tiny_world.py")
 WEIGHTS = str(ROOT / "pomp_world/weights/pomp_world_clip.pt")
-ITERS = 600  # the config's stage (b) length (batch 4)
+# Stage (b) at half the config's 600 iterations (batch 4): the gaps to the control are there
+# by then (docs/segmentation.md, "The test's shorter stage (b)"), at half the time.
+ITERS = 300
 REAL_SHARE = 0.08  # unseen objects' share of training objects in the real condition (docs/segmentation.md)
 REAL_VAL = 200  # validation scenes of the real condition: 40 (~7 objects per unseen class) left the gap to noise
-STAGE_B = ["val_dataloader=None", "val_cfg=None", "val_evaluator=None"]  # tested by test_seg.py
+STAGE_B = ["val_dataloader=None", "val_cfg=None", "val_evaluator=None",  # tested by test_seg.py
+           f"train_cfg.max_iters={ITERS}", f"default_hooks.checkpoint.interval={ITERS}", f"param_scheduler.0.end={ITERS}"]
 RANDOM_TEXT = ["model.text_encoder.type=RandomTextEncoder", "model.text_encoder.prompt=None",
                "model.text_encoder.init_words=a photo of a"]
 
@@ -84,10 +87,11 @@ def real_results(real_world, tmp_path_factory) -> dict:
 def test_pomp_text_features_segment_unseen_classes_far_above_random(results):
     pomp, rand = results["pomp"], results["random"]
     print({k: {m: v[m] for m in ("mIoU_seen", "mIoU_unseen", "hIoU")} for k, v in results.items()})
-    # Thresholds under half the smallest gaps of the runs in docs/segmentation.md ("World").
-    assert pomp["mIoU_unseen"] > 5.0
-    assert pomp["mIoU_unseen"] > rand["mIoU_unseen"] + 3.5
-    assert pomp["hIoU"] > rand["hIoU"] + 5.0
+    # Thresholds under half the smallest values and gaps of the runs at ITERS in
+    # docs/segmentation.md ("The test's shorter stage (b)").
+    assert pomp["mIoU_unseen"] > 3.5
+    assert pomp["mIoU_unseen"] > rand["mIoU_unseen"] + 2.5
+    assert pomp["hIoU"] > rand["hIoU"] + 3.5
     assert set(pomp) >= {"mIoU_seen", "IoU.small green plain diamond"}
 
 
@@ -98,11 +102,11 @@ def test_real_training_condition_unseen_objects_labelled_ignore_still_segmented(
     assert sum(np.isin(m, unseen).any() for m in labels) >= 10  # training scenes do hold unseen objects
     pomp, rand = real_results["pomp"], real_results["random"]
     print({k: {m: v[m] for m in ("mIoU_seen", "mIoU_unseen", "hIoU")} for k, v in real_results.items()})
-    # Thresholds under half the smallest values and gaps of the runs in docs/segmentation.md
-    # ("The real training condition").
-    assert pomp["mIoU_unseen"] > 4.5
-    assert pomp["mIoU_unseen"] > rand["mIoU_unseen"] + 3.0
-    assert pomp["hIoU"] > rand["hIoU"] + 5.5
+    # Thresholds under half the smallest values and gaps of the runs at ITERS in
+    # docs/segmentation.md ("The test's shorter stage (b)").
+    assert pomp["mIoU_unseen"] > 3.5
+    assert pomp["mIoU_unseen"] > rand["mIoU_unseen"] + 2.0
+    assert pomp["hIoU"] > rand["hIoU"] + 3.5
 
 
 def test_resume_continues_the_iteration_counter(world, tmp_path):
