@@ -28,7 +28,12 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> Config:
     if not osp.isfile(args.config):
         raise FileNotFoundError(f"config '{args.config}' does not exist (see configs/seg/)")
-    cfg = Config.fromfile(args.config)
+    # No yapf pass over the text the Runner logs and dumps (4-5 times a run): on some configs
+    # it took seconds a call (docs/segmentation.md); the dump is the same config, unformatted.
+    # mmengine 0.10's fromfile drops format_python_code for plain configs, hence the rebuild.
+    loaded = Config.fromfile(args.config)
+    cfg = Config(loaded.to_dict(), cfg_text=loaded.text, filename=loaded.filename,
+                 env_variables=loaded.env_variables, format_python_code=False)
     if args.data_root:
         set_data_root(cfg, args.data_root)
     cfg.merge_from_dict(args.cfg_options)

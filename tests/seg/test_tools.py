@@ -128,3 +128,24 @@ def test_text_encoder_checks_clip_text_encoder_sizes(tiny_clip):
     assert enc().shape == (2, 48)  # cat_bg defaults to True, as mmseg's
     with pytest.raises(ValueError, match="output_dims"):
         MODELS.build(dict(common, output_dims=512))
+
+
+def test_tool_configs_are_logged_and_dumped_without_a_yapf_pass(tmp_path, monkeypatch):
+    """config_from_args turns mmengine's yapf formatting off (seconds a call on some configs,
+    and the Runner logs and dumps the config 4-5 times a run); the dump is still the config."""
+    import mmengine.config.config as mm_config
+
+    from pomp_seg.cli import base_parser, config_from_args
+
+    def yapf(*args, **kwargs):
+        raise AssertionError("the config text went through yapf")
+
+    world = write_world(tmp_path / "world", WorldConfig(seg_images=(2, 1)), parts=("segmentation",))["seg_root"]
+    args = base_parser("").parse_args([str(SEG_CONFIGS / "zsseg-r18tiny_world.py"), "--work-dir", str(tmp_path / "work"),
+                                       "--data-root", str(world), "--cfg-options", "train_cfg.max_iters=7"])
+    cfg = config_from_args(args)
+    monkeypatch.setattr(mm_config, "FormatCode", yapf)
+    dumped = tmp_path / "dumped.py"
+    cfg.dump(str(dumped))
+    again = Config.fromfile(str(dumped)).to_dict()
+    assert again == cfg.to_dict() and again["train_cfg"]["max_iters"] == 7
