@@ -4,6 +4,7 @@ SAN with POMP's text encoder in place of CLIPTextEncoder."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,7 +133,8 @@ def test_text_encoder_checks_clip_text_encoder_sizes(tiny_clip):
 
 def test_tool_configs_are_logged_and_dumped_without_a_yapf_pass(tmp_path, monkeypatch):
     """config_from_args turns mmengine's yapf formatting off (seconds a call on some configs,
-    and the Runner logs and dumps the config 4-5 times a run); the dump is still the config."""
+    and the Runner logs and dumps the config 4-5 times a run); the dump is still the config,
+    the rebuilt config keeps its file name and text; mmseg's default work dir; a missing config."""
     import mmengine.config.config as mm_config
 
     from pomp_seg.cli import base_parser, config_from_args
@@ -149,3 +151,12 @@ def test_tool_configs_are_logged_and_dumped_without_a_yapf_pass(tmp_path, monkey
     cfg.dump(str(dumped))
     again = Config.fromfile(str(dumped)).to_dict()
     assert again == cfg.to_dict() and again["train_cfg"]["max_iters"] == 7
+    # the file name (the Runner names its dump after it) and the text with its bases are kept
+    loaded = Config.fromfile(args.config)
+    assert cfg.filename == args.config and cfg.text == loaded.text != Path(args.config).read_text()
+    # without --work-dir: mmseg's ./work_dirs/<config name>
+    args.work_dir = None
+    assert config_from_args(args).work_dir == "./work_dirs/zsseg-r18tiny_world"
+    args.config = str(tmp_path / "nope.py")
+    with pytest.raises(FileNotFoundError, match=rf"^config '{args.config}' does not exist \(see configs/seg/\)$"):
+        config_from_args(args)
