@@ -157,6 +157,8 @@ def test_tool_configs_are_logged_and_dumped_without_a_yapf_pass(tmp_path, monkey
     # without --work-dir: mmseg's ./work_dirs/<config name>
     args.work_dir = None
     assert config_from_args(args).work_dir == "./work_dirs/zsseg-r18tiny_world"
+    args.cfg_options = {**args.cfg_options, "work_dir": str(tmp_path / "own")}  # a config's own work_dir stays
+    assert config_from_args(args).work_dir == str(tmp_path / "own")
     args.config = str(tmp_path / "nope.py")
     with pytest.raises(FileNotFoundError, match=rf"^config '{args.config}' does not exist \(see configs/seg/\)$"):
         config_from_args(args)
