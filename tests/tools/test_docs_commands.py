@@ -4,7 +4,9 @@ The commands are those of the fenced ``bash`` / ``sh`` / ``shell`` blocks, one p
 (``\\`` continues a line, ``#`` starts a comment). Each runs with bash in a scratch folder
 that links the repository's tools/, configs/ and packages (so ``output/...`` goes there),
 ``.venv/bin/python`` standing for this interpreter, ``$DATA`` for a folder that does not
-exist. By default a command must succeed (exit code 0): a new command in the docs is run
+exist. ``python`` commands without shell operators run in forks of one interpreter that has
+imported the frameworks (tests/tools/python_server.py: the same argv, folder and exit code,
+without 3-6 s of imports each); the others with bash. By default a command must succeed (exit code 0): a new command in the docs is run
 without further work. HTML comments right above a block (invisible on GitHub) change that:
 
     <!-- docs-test: replace "OLD" -> "NEW": REASON -->   run the block with OLD replaced by
@@ -27,12 +29,13 @@ import os
 import re
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import pytest
+
+from tests.tools.python_server import ForkedPython, python_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
@@ -130,13 +133,15 @@ def referenced_files(command: str) -> List[str]:
     return [w for w in words if re.match(r"(tools|configs|benchmarks)/\S+\.(py|yaml|sh)$", w)]
 
 
-def check_command(mode: str, command: str, cwd: Path, env: Dict[str, str]) -> Optional[str]:
+def check_command(mode: str, command: str, cwd: Path, env: Dict[str, str], python: ForkedPython) -> Optional[str]:
     """None if the command behaves as its mode says, else what went wrong."""
     if mode == "skip":
         missing = [f for f in referenced_files(command) if not (ROOT / f).exists()]
         return f"names files that do not exist: {missing}" if missing else None
     shell = PYTHON.sub(sys.executable, command)
-    done = subprocess.run(["bash", "-c", shell], cwd=cwd, env=env, capture_output=True, text=True)
+    argv = python_argv(shell, cwd, env)
+    done = python.run(argv, cwd, env) if argv else \
+        subprocess.run(["bash", "-c", shell], cwd=cwd, env=env, capture_output=True, text=True)
     tail = "\n".join((done.stdout + done.stderr).splitlines()[-15:])
     if mode == "run":
         if done.returncode != 0:
@@ -161,30 +166,25 @@ def test_markers_are_well_formed_and_every_block_is_accounted_for():
     assert counts["run"] >= 10 and counts["fails"] >= 10, counts
 
 
+@pytest.fixture(scope="module")
+def python(tmp_path_factory):
+    """One forking interpreter for every doc (the environment differs only in ``$DATA``)."""
+    tmp = tmp_path_factory.mktemp("python_server")
+    server = ForkedPython(scratch(tmp), tmp / "python_server.log")
+    yield server
+    server.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", DOCS, ids=lambda d: str(d.relative_to(ROOT)))
-def test_documented_commands(doc, tmp_path):
+def test_documented_commands(doc, tmp_path, python):
     env = scratch(tmp_path)
     name = doc.relative_to(ROOT)
-    commands = [(block.line, *c) for block in parse(doc) for c in block.commands()]
-    runs = [i for i, c in enumerate(commands) if c[1] == "run"]
-    others = [i for i, c in enumerate(commands) if c[1] != "run"]
-
-    def check(i):
-        _, mode, command, _ = commands[i]
-        return check_command(mode, command, tmp_path, env)
-
-    def run_in_order():  # a documented sequence: each may use what the previous wrote
-        return [check(i) for i in runs]
-
-    # the commands that must fail or are skipped write nothing: they run next to the sequence
-    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
-        in_order = pool.submit(run_in_order)
-        results = dict(zip(others, pool.map(check, others)))
-        results.update(zip(runs, in_order.result()))
     problems = []
-    for i, (line, mode, command, reason) in enumerate(commands):
+    # in the documented order: each may use what the previous wrote
+    for line, mode, command, reason in [(block.line, *c) for block in parse(doc) for c in block.commands()]:
         print(f"{mode:5s} {command[:110]}{'  [' + reason + ']' if reason else ''}")
-        if results[i]:
-            problems.append(f"{name}:{line}: {command}\n  {results[i]}")
+        problem = check_command(mode, command, tmp_path, env, python)
+        if problem:
+            problems.append(f"{name}:{line}: {command}\n  {problem}")
     assert not problems, "\n\n".join(problems)
