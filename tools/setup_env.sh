@@ -102,7 +102,7 @@ if ! "$venv/bin/python" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$
   else
     src=/nonexistent
   fi
-  build_wheel "mmcv-$mmcv_v-*.whl" "$src" " with its C++ ops (~9 minutes on 2 cores)" MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=2
+  build_wheel "mmcv-$mmcv_v-*.whl" "$src" " with its C++ ops (9 to 30 minutes on 2 cores, by CPU: docs/install.md)" MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=2
   # mmcv's runtime dependencies (addict, yapf, ...) were skipped by --no-deps.
   "${pip[@]}" install -q addict yapf packaging -c "$cache/.stack-reqs.txt"
 fi

@@ -16,6 +16,7 @@ PY = sys.executable
      [PY, "tools/x.py", "--vocabulary", "red cross,blue ring", "--root", "/data", "here"]),  # bash splits $DATA
     (f"{PY} -m pomp_det.data.lvis_norare 'a b.json'", [PY, "-m", "pomp_det.data.lvis_norare", "a b.json"]),
     (f'{PY} -c "import sys; print(sys.argv)" one \'$DATA\'', [PY, "-c", "import sys; print(sys.argv)", "one", "$DATA"]),
+    (f"{PY} tools/mutation.py", [PY, "tools/mutation.py"]),
     (f"{PY} x.py | tee log", None),
     (f"{PY} x.py && {PY} y.py", None),
     (f"{PY} x.py; {PY} y.py", None),
@@ -36,6 +37,7 @@ def test_python_argv_is_bash_split_of_plain_python_commands_only(command, argv, 
 @pytest.fixture
 def python(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path[1:]), SERVER_ONLY="1")
+    env.pop("PYTHONUNBUFFERED", None)  # output is block-buffered, as in CI: the child must flush it
     server = ForkedPython(env, tmp_path / "server.log", preload=("json",))
     yield server
     server.close()
@@ -81,3 +83,20 @@ def test_nothing_carries_over_from_one_command_to_the_next(python, tmp_path):
     done = python.run([PY, "-c", "import json, os; print(hasattr(json, 'leaked'), os.environ.get('LEAK'), os.getcwd())"],
                       tmp_path, dict(os.environ))
     assert done.stdout == f"False None {tmp_path}\n"
+
+
+def test_a_server_that_cannot_start_says_why_and_close_stops_a_running_one(tmp_path):
+    broken = ForkedPython(dict(os.environ), tmp_path / "broken.log", preload=("no_such_framework",))
+    with pytest.raises(RuntimeError, match="(?s)forking interpreter stopped.*No module named 'no_such_framework'"):
+        broken.run([PY, "-c", "pass"], tmp_path, dict(os.environ))
+    broken.close()
+    server = ForkedPython(dict(os.environ), tmp_path / "server.log", preload=())
+    assert server.run([PY, "-c", "print(1)"], tmp_path, dict(os.environ)).stdout == "1\n"
+    server.close()
+    assert server.proc.returncode == 0
+
+
+def test_c_code_runs_as_the_main_module_and_its_exit_handlers_run(python, tmp_path):
+    done = python.run([PY, "-c", "import atexit, sys; x = 5; atexit.register(print, 'at exit'); "
+                                 "print(sys.modules['__main__'].x)"], tmp_path, dict(os.environ))
+    assert (done.returncode, done.stdout) == (0, "5\nat exit\n")
