@@ -7,7 +7,8 @@ that links the repository's tools/, configs/ and packages (so ``output/...`` goe
 exist. ``python`` commands without shell operators run in forks of one interpreter that has
 imported the frameworks (tests/tools/python_server.py: the same argv, folder and exit code,
 without 3-6 s of imports each); the others with bash. By default a command must succeed
-(exit code 0): a new command in the docs is run without further work. HTML comments right above a block (invisible on GitHub) change that:
+(exit code 0): a new command in the docs is run without further work. HTML comments right
+above a block (invisible on GitHub) change that:
 
     <!-- docs-test: replace "OLD" -> "NEW": REASON -->   run the block with OLD replaced by
                                                           NEW, e.g. a reduced size
