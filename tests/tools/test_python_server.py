@@ -80,7 +80,8 @@ def test_exit_status_is_pythons(python, tmp_path, code, status, stderr):
 def test_nothing_carries_over_from_one_command_to_the_next(python, tmp_path):
     python.run([PY, "-c", "import json, os; json.leaked = 1; os.environ['LEAK'] = '1'; os.chdir('/')"],
                tmp_path, dict(os.environ))
-    done = python.run([PY, "-c", "import json, os; print(hasattr(json, 'leaked'), os.environ.get('LEAK'), os.getcwd())"],
+    check = "import json, os; print(hasattr(json, 'leaked'), os.environ.get('LEAK'), os.getcwd())"
+    done = python.run([PY, "-c", check],
                       tmp_path, dict(os.environ))
     assert done.stdout == f"False None {tmp_path}\n"
 
