@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -16,6 +16,12 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/det/world/world-base-img_pomp.yaml"
 # Detic's baseline classifier (its tools/dump_clip_features.py, --prompt a): "a {}".
 HAND_WORDS = "a"
+
+
+def schedule(iters: int) -> List[str]:
+    """Options that run the world configs' schedule in ``iters`` iterations: its one decay at
+    80% of the run."""
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(iters * 0.8)},)"]
 
 
 def train_detector(world: str | Path, out: str | Path, seed: int, iters: int,
@@ -33,8 +39,7 @@ def train_detector(world: str | Path, out: str | Path, seed: int, iters: int,
     source = ["MODEL.POMP.PROMPT", str(prompt), "MODEL.POMP.PROMPT_WORDS", ""] if prompt else \
         ["MODEL.POMP.PROMPT_WORDS", str(words)]
     cfg = pomp_det.load_pomp_cfg(str(CONFIG), [
-        "OUTPUT_DIR", str(out), "SEED", str(seed), "SOLVER.MAX_ITER", str(iters),
-        "SOLVER.STEPS", f"({int(iters * 0.8)},)", "SOLVER.WARMUP_ITERS", str(min(50, iters // 6)),
+        "OUTPUT_DIR", str(out), "SEED", str(seed), *schedule(iters), "SOLVER.WARMUP_ITERS", str(min(50, iters // 6)),
         "MODEL.POMP.CACHE_DIR", str(Path(out) / "cache"), "MODEL.POMP.CLIP_PRETRAINED", str(WEIGHTS), *source])
     cfg.freeze()
     default_setup(cfg, argparse.Namespace(config_file=str(CONFIG), eval_only=False))

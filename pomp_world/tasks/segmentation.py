@@ -25,6 +25,12 @@ def _args(config: Path, seg_root: str | Path, work_dir: Path, options: List[str]
         [str(config), *extra, "--work-dir", str(work_dir), "--data-root", str(seg_root), "--cfg-options", *options]))
 
 
+def schedule(iters: int) -> List[str]:
+    """Options that run stage (b)'s schedule in ``iters`` iterations: the polynomial decay
+    reaching zero at the end, where its one checkpoint is saved."""
+    return [f"train_cfg.max_iters={iters}", f"default_hooks.checkpoint.interval={iters}", f"param_scheduler.0.end={iters}"]
+
+
 def train_segmentor(seg_root: str | Path, out: str | Path, seed: int, iters: int,
                     prompt: Optional[str] = None, words: Optional[str] = None) -> Dict[str, float]:
     """Seen / unseen mIoU and hIoU (points) of ZSSeg whose stage (a) starts from the prompt file
@@ -40,8 +46,7 @@ def train_segmentor(seg_root: str | Path, out: str | Path, seed: int, iters: int
     DurableRunner.from_cfg(_args(PROMPT_CFG, seg_root, out / "prompt",
                                  [f"model.clip_pretrained={WEIGHTS}", *seeded, *start])).train()
     stage_b = [f"model.text_encoder.clip_pretrained={WEIGHTS}", f"model.text_encoder.prompt={out / 'prompt' / 'prompt.pth'}",
-               *seeded, f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={iters}",
-               f"default_hooks.checkpoint.interval={iters}", f"param_scheduler.0.end={iters}"]
+               *seeded, *schedule(iters), f"train_cfg.val_interval={iters}"]
     DurableRunner.from_cfg(_args(SEG_CFG, seg_root, out / "segmentor",
                                  stage_b + ["val_dataloader=None", "val_cfg=None", "val_evaluator=None"])).train()
     cfg = _args(SEG_CFG, seg_root, out / "segmentor", stage_b)

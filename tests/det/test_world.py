@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pomp_core.durable import atomic_write_json
+from pomp_world.tasks import detection
 from tests.frameworks import require
 from tests.tool_scripts import load_tool
 
@@ -42,8 +43,7 @@ def train_and_eval(world: Path, variant: str, out: Path) -> dict:
     iters = ITERS_C2 if variant.startswith("c2_") else ITERS
     args = train_net.parser().parse_args([
         "--world", str(world), "--config-file", str(ROOT / f"configs/det/world/world-base_{variant}.yaml"),
-        "OUTPUT_DIR", str(out), "SEED", "1", "SOLVER.MAX_ITER", str(iters),
-        "SOLVER.STEPS", f"({int(iters * 0.8)},)",  # the configs' decay at 80% of the run
+        "OUTPUT_DIR", str(out), "SEED", "1", *detection.schedule(iters),
         "MODEL.POMP.CACHE_DIR", str(out / "cache"),
         "MODEL.POMP.CLIP_PRETRAINED", str(ROOT / "pomp_world/weights/pomp_world_clip.pt"),
         # read by the configs whose FED_LOSS_WEIGHTS is cat_info (the CenterNet2 ones)

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow  # segmentor trainings on the world
 from mmengine.logging import MMLogger  # noqa: E402
 
 from pomp_world import WorldConfig, write_world  # noqa: E402
+from pomp_world.tasks import segmentation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 from tests.tool_scripts import load_tool  # noqa: E402
@@ -34,7 +35,7 @@ ITERS = 300
 REAL_SHARE = 0.08  # unseen objects' share of training objects in the real condition (docs/segmentation.md)
 REAL_VAL = 200  # validation scenes of the real condition: 40 (~7 objects per unseen class) left the gap to noise
 STAGE_B = ["val_dataloader=None", "val_cfg=None", "val_evaluator=None",  # tested by test_seg.py
-           f"train_cfg.max_iters={ITERS}", f"default_hooks.checkpoint.interval={ITERS}", f"param_scheduler.0.end={ITERS}"]
+           *segmentation.schedule(ITERS)]
 RANDOM_TEXT = ["model.text_encoder.type=RandomTextEncoder", "model.text_encoder.prompt=None",
                "model.text_encoder.init_words=a photo of a"]
 
